@@ -1,0 +1,51 @@
+"""The two error families of clave.
+
+`RequestError`: the request is bad (malformed, refused by policy, unknown account). It reaches the caller
+as a JSON-RPC error with `code` and `message`, verbatim, and retrying the same request will not help.
+
+`InfraError`: something the service depends on failed (enclave down, KMS unreachable, store I/O). It is
+logged, surfaces as a retryable -32000 / HTTP 503, and never carries key material in its message.
+"""
+
+from __future__ import annotations
+
+# JSON-RPC codes, as go-ethereum's rpc package uses them.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SERVER_ERROR = -32000  # plain Go error: what clef returns for every refusal
+
+
+class ClaveError(Exception):
+    """Root of clave's own errors."""
+
+    code: int = SERVER_ERROR
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class RequestError(ClaveError):
+    """The request is bad; tell the caller exactly why (the message is returned verbatim)."""
+
+
+class InvalidParams(RequestError):
+    code = INVALID_PARAMS
+
+
+class UnknownAccount(RequestError):
+    def __init__(self) -> None:
+        super().__init__("unknown account")
+
+
+class InfraError(ClaveError):
+    """A dependency failed; retryable. `remedy` tells an operator what to do."""
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        super().__init__(message)
+        self.remedy = remedy

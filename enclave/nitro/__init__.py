@@ -1,0 +1,1 @@
+"""Nitro-specific edges: /dev/nsm, the software NSM, and the KMS CMS envelope."""

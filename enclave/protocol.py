@@ -1,0 +1,70 @@
+"""Frames between the sidecar and the enclave.
+
+A frame is a 4-byte big-endian length followed by that many bytes of CBOR. Requests are
+`{id, method, params}`, replies `{id, result}` or `{id, error: {code, message}}`. Ids are chosen by the
+client; replies may arrive in any order. The same code runs over AF_VSOCK on Nitro and AF_UNIX locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import cbor2
+
+MAX_FRAME = 4 * 1024 * 1024
+_LEN = struct.Struct(">I")
+
+# Error codes carried in error frames. Negative codes are JSON-RPC codes to pass through to the caller;
+# these positive ones describe a protocol problem the client should treat as an infrastructure fault.
+E_MALFORMED = 1
+E_TOO_LARGE = 2
+E_INTERNAL = 3
+E_NOT_READY = 4
+
+
+class FrameError(Exception):
+    """The byte stream is not a valid frame sequence; the connection must be dropped."""
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    body = cbor2.dumps(message)
+    if len(body) > MAX_FRAME:
+        raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _LEN.pack(len(body)) + body
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """Return the next frame body, or None at a clean end of stream.
+
+    Raises FrameError for an oversized length prefix (so a hostile peer cannot make us allocate it) and
+    for a stream that ends inside a frame.
+    """
+    try:
+        header = await reader.readexactly(_LEN.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise FrameError("stream ended inside a frame header") from None
+        return None
+    (length,) = _LEN.unpack(header)
+    if length > MAX_FRAME:
+        raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise FrameError("stream ended inside a frame") from None
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    try:
+        message = cbor2.loads(body)
+    except Exception as exc:  # cbor2 raises several types for garbage; all mean the same here
+        raise FrameError(f"malformed CBOR: {type(exc).__name__}") from None
+    if not isinstance(message, dict):
+        raise FrameError("frame is not a CBOR map")
+    return message
+
+
+def error_reply(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"id": request_id, "error": {"code": code, "message": message}}

@@ -1,0 +1,1 @@
+"""clave sidecar: JSON-RPC front end, sealed key store, KMS and attestation on the parent host."""

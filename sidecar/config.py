@@ -1,0 +1,66 @@
+"""Sidecar configuration: one dataclass, filled from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATADIR = Path("~/.clave")
+DEFAULT_HTTP_ADDR = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8550
+
+
+@dataclass
+class SidecarConfig:
+    datadir: Path
+    http_addr: str = DEFAULT_HTTP_ADDR
+    http_port: int = DEFAULT_HTTP_PORT
+    http_enabled: bool = True
+    ipcpath: Path | None = None
+    chain_ids: list[int] = field(default_factory=lambda: [1])
+    vhosts: tuple[str, ...] = ("localhost",)
+    cors_domains: tuple[str, ...] = ()
+    auth_token_file: Path | None = None
+    enclave: str = ""  # vsock://CID:PORT or unix:PATH
+    kms_endpoint: str | None = None
+    kms_region: str = "us-east-1"
+    kms_key_id: str | None = None
+    attestation_root: Path | None = None
+    attestation_root_fingerprint: str | None = None
+    pcrs: dict[int, bytes] = field(default_factory=dict)
+    allow_debug_enclave: bool = False
+    log_json: bool = False
+    tx_fee_cap_wei: int = 10**18
+
+    @property
+    def ipc_socket(self) -> Path:
+        return self.ipcpath if self.ipcpath is not None else self.datadir / "clave.ipc"
+
+    @property
+    def store_path(self) -> Path:
+        return self.datadir / "keystore.sqlite"
+
+
+def parse_chain_ids(text: str) -> list[int]:
+    ids = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        value = int(part, 0)
+        if value <= 0:
+            raise ValueError(f"chain id must be positive: {part}")
+        ids.append(value)
+    if not ids:
+        raise ValueError("at least one chain id is required")
+    return ids
+
+
+def parse_pcr(text: str) -> tuple[int, bytes]:
+    index_s, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"PCR pin {text!r} must look like N=HEX")
+    raw = bytes.fromhex(value.removeprefix("0x"))
+    if len(raw) not in (32, 48, 64):
+        raise ValueError(f"PCR{index_s} value must be 32, 48 or 64 bytes")
+    return int(index_s), raw

@@ -1,0 +1,51 @@
+"""Which files of a keystore directory are keyfiles, by geth's rules (`accounts/keystore/account_cache.go`):
+skip hidden files, `~` backups, directories and non-regular files; a keyfile must be JSON whose
+`address` field holds a non-zero address."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    text: str | None  # None when the file is skipped or unreadable
+    problem: str | None  # why the file cannot be imported; None for a usable keyfile
+    skipped: bool = False  # skipped silently, as geth does (hidden, backup, directory)
+
+
+def scan(path: Path) -> list[Candidate]:
+    if path.is_dir():
+        return [_inspect(p, in_directory=True) for p in sorted(path.iterdir())]
+    return [_inspect(path, in_directory=False)]
+
+
+def _inspect(path: Path, *, in_directory: bool) -> Candidate:
+    name = path.name
+    if in_directory and (name.startswith(".") or name.endswith("~")):
+        return Candidate(path, None, "hidden or backup file", skipped=True)
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        return Candidate(path, None, "not a regular file", skipped=True)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return Candidate(path, None, f"cannot read: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        keyfile = json.loads(text)
+    except ValueError:
+        return Candidate(path, None, "not a JSON keyfile")
+    if not isinstance(keyfile, dict):
+        return Candidate(path, None, "not a JSON keyfile")
+    address = keyfile.get("address")
+    if not isinstance(address, str) or not address:
+        return Candidate(path, None, "keyfile has no address")
+    try:
+        raw = bytes.fromhex(address.removeprefix("0x"))
+    except ValueError:
+        return Candidate(path, None, "keyfile address is not hex")
+    if len(raw) != 20 or raw == bytes(20):
+        return Candidate(path, None, "keyfile address is zero or malformed")
+    return Candidate(path, text, None)

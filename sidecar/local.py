@@ -1,0 +1,210 @@
+"""`clave up`: the whole stack on one machine, with the production sidecar code.
+
+Children: the enclave service (a local process with the software NSM, reached over a unix socket) and the
+KMS emulator (reached by boto3 through endpoint_url). The enclave is supervised like the Nitro watchdog
+does it: when it dies it is started again, and the sidecar attests and unseals again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import IO
+
+from .attestation import AttestationDocument, PcrPolicy, load_root
+from .config import SidecarConfig
+from .kms import KmsSealing, key_policy, make_kms_client
+from .signer import AttestationConfig
+from .wiring import build_sidecar
+
+log = logging.getLogger("clave.up")
+
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/clave-local"
+READY_TIMEOUT = 30.0
+
+
+class DatadirBusy(SystemExit):
+    pass
+
+
+@contextlib.contextmanager
+def datadir_lock(datadir: Path):  # type: ignore[no-untyped-def]
+    datadir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock_path = datadir / "clave.lock"
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DatadirBusy(f"clave: another clave is already running on {datadir} (lock {lock_path} is held)") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+class Child:
+    """A supervised child process whose readiness is one line on its stdout."""
+
+    def __init__(self, name: str, argv: list[str], ready: re.Pattern[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.ready = ready
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.match: re.Match[str] | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._log: IO[bytes] | None = None
+
+    async def start(self) -> re.Match[str]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._log = open(self.log_path, "ab")
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True
+        )
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                while True:
+                    line = await self.process.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"{self.name} exited before it was ready (see {self.log_path})")
+                    self._log.write(line)
+                    self._log.flush()
+                    match = self.ready.search(line.decode(errors="replace"))
+                    if match:
+                        self.match = match
+                        break
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} was not ready within {READY_TIMEOUT:g}s (see {self.log_path})") from None
+        asyncio.create_task(self._drain(self.process))
+        return match
+
+    async def _drain(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            if self._log is not None:
+                self._log.write(line)
+                self._log.flush()
+
+    def supervise(self) -> None:
+        self._supervisor = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        delay = 0.2
+        while not self._stopping:
+            assert self.process is not None
+            code = await self.process.wait()
+            if self._stopping:
+                return
+            log.warning("%s exited with %s; restarting", self.name, code)
+            await asyncio.sleep(delay)
+            try:
+                await self.start()
+                self.restarts += 1
+                delay = 0.2
+            except RuntimeError as exc:
+                log.error("%s", exc)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+def _signer_value(config: SidecarConfig, http_url: str) -> str:
+    return str(config.ipc_socket)
+
+
+async def run_up(config: SidecarConfig) -> int:
+    datadir = config.datadir
+    logs = datadir / "logs"
+    enclave_sock = datadir / "enclave.sock"
+    nsm_state = datadir / "nsm"
+    config.enclave = f"unix:{enclave_sock}"
+    enclave = Child(
+        "enclave",
+        [sys.executable, "-m", "enclave", "--listen", config.enclave, "--nsm", "software", "--nsm-state", str(nsm_state)],
+        re.compile(r"enclave listening"),
+        logs / "enclave.log",
+    )
+    kms = Child(
+        "kms-emulator",
+        [sys.executable, "-m", "sidecar.kmsemu", "--datadir", str(datadir / "kms"), "--host", "127.0.0.1", "--port", "0",
+         "--root", str(nsm_state / "root.pem")],
+        re.compile(r"kms-emulator listening (\S+)"),
+        logs / "kms.log",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    sidecar = None
+    try:
+        await enclave.start()
+        enclave.supervise()
+        match = await kms.start()
+        kms.supervise()
+        endpoint = match.group(1)
+        kms_client = make_kms_client(config.kms_region, endpoint)
+
+        async def provision_key(doc: AttestationDocument) -> str:
+            # First start: a key whose policy admits only this enclave image (PCR0), as an operator
+            # would create it in AWS with `clave kms-policy`.
+            policy = key_policy(LOCAL_ROLE, {0: doc.pcrs[0].hex()}, None)
+            created = await asyncio.to_thread(
+                kms_client.create_key, Policy=json.dumps(policy), Description="clave local master key"
+            )
+            return str(created["KeyMetadata"]["KeyId"])
+
+        root = load_root((nsm_state / "root.pem").read_bytes())
+        attestation = AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True))
+        sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision_key)
+        await sidecar.start()
+        if config.http_enabled:
+            await sidecar.serve_http(app)
+        ready = await sidecar.signer.wait_ready(READY_TIMEOUT)
+        if not ready:
+            print(f"clave: enclave did not become ready: {sidecar.signer.status.last_error}", file=sys.stderr)
+        endpoints = []
+        if config.http_enabled:
+            endpoints.append(f"http={sidecar.http_url}")
+        endpoints.append(f"ipc={config.ipc_socket}")
+        print(
+            f"clave ready {' '.join(endpoints)} accounts={sidecar.signer.status.keys_loaded} "
+            f"geth: --signer={_signer_value(config, sidecar.http_url)}",
+            flush=True,
+        )
+        await stop.wait()
+        return 0
+    finally:
+        if sidecar is not None:
+            await sidecar.stop()
+        await kms.stop()
+        await enclave.stop()
+
+
+def up(config: SidecarConfig) -> int:
+    with datadir_lock(config.datadir):
+        return asyncio.run(run_up(config))
+
+

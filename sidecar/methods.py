@@ -1,0 +1,257 @@
+"""The JSON-RPC method table: clef's `account_*` (extapi 6.1.0), geth's node-style `eth_*`, and the
+operator-only `clave_*` management calls (IPC only).
+
+Each handler decodes its arguments with Go's rules (`gojson`), applies clef's or geth's request rules
+(`txargs`, `signdata`, `gnosis`), and asks the enclave to encode and sign. Nothing here signs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from eth_hash.auto import keccak
+
+from enclave.encoding.messages import personal_message
+from enclave.encoding.txjson import geth_tx_json
+from enclave.errors import InvalidParams, RequestError
+from enclave.signing import recover_address
+
+from . import gnosis, signdata, txargs
+from .config import SidecarConfig
+from .gojson import MixedcaseAddress, argument_error, decode_address, decode_bytes
+from .metrics import Metrics
+from .rpc import CallContext, Method
+from .signer import Signer
+
+EXTERNAL_API_VERSION = "6.1.0"
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+def _addr(address: bytes) -> str:
+    return "0x" + address.hex()
+
+
+def _mixed(params: list[Any], index: int) -> MixedcaseAddress:
+    with argument_error(index):
+        return MixedcaseAddress.decode(params[index])
+
+
+def _plain_address(params: list[Any], index: int) -> bytes:
+    with argument_error(index):
+        return decode_address(params[index])
+
+
+def _data(params: list[Any], index: int) -> bytes:
+    with argument_error(index):
+        return decode_bytes(params[index])
+
+
+def _v27(signature: bytes) -> bytes:
+    return signature[:64] + bytes([signature[64] + 27])
+
+
+def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> dict[str, Method]:
+    chain_ids = config.chain_ids
+
+    async def sign_message(kind: str, method: str, address: bytes, **params: Any) -> tuple[bytes, bytes]:
+        signature, digest = await signer.sign(method, address, **params)
+        metrics.signatures.labels(kind).inc()
+        return signature, digest
+
+    async def sign_tx(address: bytes, tx: dict[str, Any]) -> dict[str, Any]:
+        result = await signer.sign_tx(address, tx)
+        metrics.signatures.labels(f"tx{tx['type']}").inc()
+        return {
+            "raw": _hex(result["raw"]),
+            "tx": geth_tx_json(tx, result["y_parity"], result["r"], result["s"], result["hash"]),
+        }
+
+    def refuse(reason: str, message: str) -> RequestError:
+        metrics.refusals.labels(reason).inc()
+        return RequestError(message)
+
+    # -- clef external API -------------------------------------------------------------------------
+
+    async def account_version(params: list[Any], ctx: CallContext) -> str:
+        return EXTERNAL_API_VERSION
+
+    async def account_list(params: list[Any], ctx: CallContext) -> list[str]:
+        return [_addr(a) for a in signer.addresses()]
+
+    async def account_new(params: list[Any], ctx: CallContext) -> str:
+        (address,) = await signer.new_accounts(1, exportable=False)
+        return _addr(address)
+
+    async def account_sign_transaction(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        with argument_error(0):
+            args = txargs.parse_send_tx_args(params[0])
+        selector = None
+        if len(params) > 1:
+            if not isinstance(params[1], str):
+                raise InvalidParams("invalid argument 1: json: cannot unmarshal non-string into Go value of type string")
+            selector = params[1]
+        messages = txargs.clef_validate(args, selector)
+        rejection = txargs.clef_reject_message(messages)
+        if rejection is not None:
+            raise refuse("validation", rejection)
+        tx = txargs.clef_to_tx(args, chain_ids)
+        return await sign_tx(args.from_.address, tx)
+
+    async def account_sign_data(params: list[Any], ctx: CallContext) -> str:
+        if not isinstance(params[0], str):
+            raise InvalidParams("invalid argument 0: json: cannot unmarshal non-string into Go value of type string")
+        address = _mixed(params, 1)
+        request = signdata.parse_sign_data(params[0], params[2])
+        if request.kind == "typed":
+            signature, _ = await sign_message("typed", "sign_typed", address.address, typed_data=request.typed_data)
+        elif request.kind == "validator":
+            signature, _ = await sign_message(
+                "validator", "sign_validator", address.address, validator=request.validator, data=request.data
+            )
+        elif request.kind == "clique":
+            signature, _ = await sign_message("clique", "sign_clique", address.address, header=request.data)
+            return _hex(signature)  # clique seals carry V 0/1
+        else:
+            signature, _ = await sign_message("personal", "sign_personal", address.address, data=request.data)
+        return _hex(_v27(signature))
+
+    async def account_sign_typed_data(params: list[Any], ctx: CallContext) -> str:
+        address = _mixed(params, 0)
+        if not isinstance(params[1], dict):
+            raise InvalidParams(
+                "invalid argument 1: json: cannot unmarshal "
+                f"{_go_json_kind(params[1])} into Go value of type apitypes.TypedData"
+            )
+        signature, _ = await sign_message("typed", "sign_typed", address.address, typed_data=params[1])
+        return _hex(_v27(signature))
+
+    async def account_ec_recover(params: list[Any], ctx: CallContext) -> str:
+        data, signature = _data(params, 0), _data(params, 1)
+        signdata.ec_recover_check(signature)
+        digest = keccak(personal_message(data))
+        try:
+            address = recover_address(digest, signature[:64] + bytes([signature[64] - 27]))
+        except Exception:
+            raise RequestError("invalid signature") from None
+        return _addr(address)
+
+    async def account_sign_gnosis_safe_tx(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        address = _mixed(params, 0)
+        with argument_error(1):
+            safe_tx = gnosis.parse_gnosis_tx(params[1])
+        selector = params[2] if len(params) > 2 and isinstance(params[2], str) else None
+        messages = txargs.clef_validate(gnosis.gnosis_validation_args(safe_tx), selector)
+        rejection = txargs.clef_reject_message(messages)
+        if rejection is not None:
+            raise refuse("validation", rejection)
+        typed = gnosis.gnosis_typed_data_checked(safe_tx, chain_ids[0])
+        signature, digest = await sign_message("gnosis", "sign_typed", address.address, typed_data=typed)
+        return gnosis.gnosis_result(safe_tx, _v27(signature), digest, address.checksum())
+
+    # -- node-style eth_* --------------------------------------------------------------------------
+
+    async def eth_accounts(params: list[Any], ctx: CallContext) -> list[str]:
+        return [_addr(a) for a in signer.addresses()]
+
+    async def eth_sign(params: list[Any], ctx: CallContext) -> str:
+        address, data = _plain_address(params, 0), _data(params, 1)
+        signature, _ = await sign_message("personal", "sign_personal", address, data=data)
+        return _hex(_v27(signature))
+
+    async def eth_sign_transaction(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        with argument_error(0):
+            args = txargs.parse_transaction_args(params[0])
+        tx, sender = txargs.ethapi_to_tx(args, chain_ids, fee_cap_wei=config.tx_fee_cap_wei)
+        return await sign_tx(sender, tx)
+
+    async def eth_sign_typed_data_v4(params: list[Any], ctx: CallContext) -> str:
+        address = _plain_address(params, 0)
+        typed = params[1]
+        if isinstance(typed, str):
+            try:
+                typed = json.loads(typed)
+            except ValueError:
+                raise InvalidParams("invalid argument 1: typed data string is not valid JSON") from None
+        if not isinstance(typed, dict):
+            raise InvalidParams("invalid argument 1: typed data must be an object or a JSON string")
+        signature, _ = await sign_message("typed", "sign_typed", address, typed_data=typed)
+        return _hex(_v27(signature))
+
+    # -- operator-only management (IPC) ------------------------------------------------------------
+
+    def ipc_only(ctx: CallContext, name: str) -> None:
+        if ctx.transport != "ipc":
+            raise RequestError(f"the method {name} does not exist/is not available", code=-32601)
+
+    async def clave_attest(params: list[Any], ctx: CallContext) -> str:
+        ipc_only(ctx, "clave_attest")
+        nonce = _data(params, 0)
+        if len(nonce) < 16:
+            raise InvalidParams("invalid argument 0: nonce must be at least 16 bytes")
+        result = await signer.client.call("attest", {"nonce": nonce}, timeout=30)
+        return _hex(result["document"])
+
+    async def clave_list_accounts(params: list[Any], ctx: CallContext) -> list[dict[str, Any]]:
+        ipc_only(ctx, "clave_listAccounts")
+        return [
+            {"address": _addr(a.address), "origin": a.origin, "exportable": a.exportable, "created": a.created}
+            for a in signer.accounts()
+        ]
+
+    async def clave_new_account(params: list[Any], ctx: CallContext) -> list[str]:
+        ipc_only(ctx, "clave_newAccount")
+        options = params[0] if params else {}
+        if not isinstance(options, dict):
+            raise InvalidParams("invalid argument 0: expected an object")
+        count = options.get("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise InvalidParams("invalid argument 0: count must be a positive integer")
+        addresses = await signer.new_accounts(count, exportable=bool(options.get("exportable", False)))
+        return [_addr(a) for a in addresses]
+
+    async def clave_import_keyfile(params: list[Any], ctx: CallContext) -> str:
+        ipc_only(ctx, "clave_importKeyfile")
+        envelope = _data(params, 0)
+        exportable = bool(params[1]) if len(params) > 1 else False
+        return _addr(await signer.import_keyfile(envelope, exportable))
+
+    async def clave_export_keyfile(params: list[Any], ctx: CallContext) -> str:
+        ipc_only(ctx, "clave_exportKeyfile")
+        address = _plain_address(params, 0)
+        return await signer.export_keyfile(address, _data(params, 1))
+
+    return {
+        "account_version": Method(account_version),
+        "account_list": Method(account_list),
+        "account_new": Method(account_new),
+        "account_signTransaction": Method(account_sign_transaction, 1, 2),
+        "account_signData": Method(account_sign_data, 3, 3),
+        "account_signTypedData": Method(account_sign_typed_data, 2, 2),
+        "account_ecRecover": Method(account_ec_recover, 2, 2),
+        "account_signGnosisSafeTx": Method(account_sign_gnosis_safe_tx, 2, 3),
+        "eth_accounts": Method(eth_accounts),
+        "eth_sign": Method(eth_sign, 2, 2),
+        "eth_signTransaction": Method(eth_sign_transaction, 1, 1),
+        "eth_signTypedData_v4": Method(eth_sign_typed_data_v4, 2, 2),
+        "clave_attest": Method(clave_attest, 1, 1),
+        "clave_listAccounts": Method(clave_list_accounts),
+        "clave_newAccount": Method(clave_new_account, 0, 1),
+        "clave_importKeyfile": Method(clave_import_keyfile, 1, 2),
+        "clave_exportKeyfile": Method(clave_export_keyfile, 2, 2),
+    }
+
+
+def _go_json_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return "value"

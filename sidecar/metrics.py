@@ -1,0 +1,31 @@
+"""Prometheus metrics. Labels carry method names, outcomes and kinds, never addresses or payloads."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("clave_requests", "JSON-RPC requests by method and outcome", ["method", "outcome"], registry=r)
+        self.request_seconds = Histogram(
+            "clave_request_seconds", "Sidecar time per JSON-RPC request", ["method"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.enclave_seconds = Histogram(
+            "clave_enclave_roundtrip_seconds", "Round trip to the enclave per call", ["call"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.signatures = Counter("clave_signatures", "Signatures made, by kind", ["kind"], registry=r)
+        self.refusals = Counter("clave_refusals", "Requests refused, by reason", ["reason"], registry=r)
+        self.kms_calls = Counter("clave_kms_calls", "KMS calls by operation and outcome", ["operation", "outcome"], registry=r)
+        self.keys_loaded = Gauge("clave_keys_loaded", "Accounts unsealed in the enclave", registry=r)
+        self.attested = Gauge("clave_attestation_ok", "1 when the enclave's last attestation verified", registry=r)
+        self.attestation_age = Gauge("clave_attestation_age_seconds", "Seconds since the last verified attestation", registry=r)
+        self.store_seconds = Histogram("clave_store_seconds", "Key store operation latency", ["op"], buckets=_LATENCY_BUCKETS, registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

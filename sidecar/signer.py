@@ -1,0 +1,261 @@
+"""The sidecar's view of the enclave: bring-up (attest → KMS → unseal), the account list, and typed calls.
+
+Bring-up follows DESIGN.md: fresh nonce → attestation document carrying the enclave's per-boot RSA key
+→ verify (pinned root, PCR pins, nonce) → KMS GenerateDataKey/Decrypt with the document as Recipient →
+the enclave opens CiphertextForRecipient → sealed records are handed over. The sidecar never holds the
+data key or any account key in plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from enclave.errors import InfraError, RequestError, UnknownAccount
+
+from .attestation import AttestationDocument, PcrPolicy, verify_attestation
+from .enclave_client import SLOW_TIMEOUT, EnclaveClient, EnclaveNotReady, EnclaveUnavailable
+from .store import KeyStore, StoredRecord
+
+log = logging.getLogger("clave.signer")
+
+META_KMS_KEY_ID = "kms_key_id"
+META_DATA_KEY = "kms_data_key"
+UNSEAL_BATCH = 5000
+ATTESTATION_MAX_AGE_MS = 5 * 60 * 1000
+
+
+class SealingProvider(Protocol):
+    """Where the master data key comes from (KMS with Recipient in production and locally)."""
+
+    async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]: ...
+    async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes: ...
+
+
+@dataclass
+class AttestationConfig:
+    root: x509.Certificate
+    pcr_policy: PcrPolicy = field(default_factory=PcrPolicy)
+    max_age_ms: int = ATTESTATION_MAX_AGE_MS
+
+
+@dataclass
+class Account:
+    address: bytes
+    origin: str
+    exportable: bool
+    created: int
+
+
+@dataclass
+class Status:
+    enclave_reachable: bool = False
+    attested: bool = False
+    attested_at: float = 0.0
+    keys_unsealed: bool = False
+    keys_loaded: int = 0
+    unseal_failures: int = 0
+    last_error: str = ""
+    pcrs: dict[int, bytes] = field(default_factory=dict)
+
+
+class Signer:
+    def __init__(
+        self,
+        client: EnclaveClient,
+        store: KeyStore,
+        sealing: SealingProvider,
+        attestation: AttestationConfig,
+        *,
+        kms_key_id: str | None,
+        provision_key: Callable[[AttestationDocument], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.sealing = sealing
+        self.attestation = attestation
+        self.kms_key_id = kms_key_id
+        self.provision_key = provision_key  # local mode: create the emulator's key on first start
+        self.clock = clock
+        self.status = Status()
+        self._accounts: dict[bytes, Account] = {}
+        self._bring_up_lock = asyncio.Lock()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    # -- bring-up --------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def attest(self, nonce: bytes) -> tuple[bytes, AttestationDocument]:
+        result = await self.client.call("attest", {"nonce": nonce}, timeout=SLOW_TIMEOUT)
+        document = result["document"]
+        verified = verify_attestation(
+            document,
+            root=self.attestation.root,
+            now_ms=int(self.clock() * 1000),
+            pcr_policy=self.attestation.pcr_policy,
+            expected_nonce=nonce,
+            max_age_ms=self.attestation.max_age_ms,
+        )
+        return document, verified
+
+    async def bring_up(self) -> None:
+        async with self._bring_up_lock:
+            hello = await self.client.call("hello")
+            self.status.enclave_reachable = True
+            nonce = os.urandom(32)
+            document, verified = await self.attest(nonce)
+            if verified.public_key != hello["public_key"]:
+                raise InfraError("attested public key differs from the enclave's boot key")
+            self.status.attested, self.status.attested_at = True, self.clock()
+            self.status.pcrs = dict(verified.pcrs)
+            if not hello["ready"]:
+                await self._load_master_key(document, verified)
+            records = await asyncio.to_thread(self.store.records)
+            await self._unseal(records)
+            self.status.keys_unsealed = True
+            self.status.last_error = ""
+            self._ready.set()
+            log.info("enclave ready: %d accounts unsealed", self.status.keys_loaded)
+
+    async def _load_master_key(self, document: bytes, verified: AttestationDocument) -> None:
+        key_id = self.kms_key_id or _text(self.store.get_meta(META_KMS_KEY_ID))
+        if key_id is None and self.provision_key is not None:
+            key_id = await self.provision_key(verified)
+            self.store.set_meta(META_KMS_KEY_ID, key_id.encode())
+        if key_id is None:
+            raise InfraError("no KMS key configured", remedy="pass --kms-key-id")
+        self.kms_key_id = key_id
+        wrapped = self.store.get_meta(META_DATA_KEY)
+        if wrapped is None:
+            wrapped, for_recipient = await self.sealing.generate_data_key(key_id, document)
+            await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+            # Stored only after the enclave accepted it, so a failed first start leaves nothing behind.
+            self.store.set_meta(META_DATA_KEY, wrapped)
+        else:
+            for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
+            await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+
+    async def _unseal(self, records: list[StoredRecord]) -> None:
+        accounts: dict[bytes, Account] = {}
+        failures = 0
+        for start in range(0, len(records), UNSEAL_BATCH):
+            batch = records[start : start + UNSEAL_BATCH]
+            result = await self.client.call("unseal", {"records": [r.sealed() for r in batch]}, timeout=SLOW_TIMEOUT)
+            loaded = set(result["loaded"])
+            for record in batch:
+                if record.address in loaded:
+                    accounts[record.address] = Account(record.address, record.origin, record.exportable, record.created)
+            for failure in result["failed"]:
+                failures += 1
+                log.error("sealed record 0x%s did not unseal: %s", failure["address"].hex(), failure["error"])
+        self._accounts = accounts
+        self.status.keys_loaded = len(accounts)
+        self.status.unseal_failures = failures
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Keep the enclave brought up: after an enclave restart, attest and unseal again."""
+        while True:
+            try:
+                hello = await self.client.call("hello", timeout=max(interval, 2.0))
+                self.status.enclave_reachable = True
+                if not hello["ready"] or hello["keys"] < len(self._accounts) or not self.ready:
+                    self._ready.clear()
+                    self.status.keys_unsealed = False
+                    await self.bring_up()
+            except (InfraError, RequestError) as exc:
+                self.status.enclave_reachable = not isinstance(exc, EnclaveUnavailable)
+                if self.status.last_error != exc.message:
+                    log.warning("bring-up: %s", exc.message)
+                self.status.last_error = exc.message
+                self._ready.clear()
+                self.status.keys_unsealed = False
+            await asyncio.sleep(interval)
+
+    def start_watch(self, interval: float = 1.0) -> None:
+        self._watch_task = asyncio.create_task(self.watch(interval))
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            try:
+                await self._watch_task
+            except asyncio.CancelledError:
+                pass
+
+    # -- accounts --------------------------------------------------------------------------------
+
+    def accounts(self) -> list[Account]:
+        return list(self._accounts.values())
+
+    def addresses(self) -> list[bytes]:
+        return list(self._accounts)
+
+    def has(self, address: bytes) -> bool:
+        return address in self._accounts
+
+    def require(self, address: bytes) -> None:
+        if address not in self._accounts:
+            raise UnknownAccount()
+
+    async def _call(self, method: str, params: dict[str, Any], timeout: float = 10.0) -> Any:
+        if not self.ready:
+            raise EnclaveNotReady(self.status.last_error or "keys are being unsealed")
+        return await self.client.call(method, params, timeout=timeout)
+
+    async def _persist(self, records: list[dict[str, Any]]) -> list[bytes]:
+        stored = [StoredRecord.from_sealed(r) for r in records]
+        await asyncio.to_thread(self.store.add_records, stored)
+        for r in stored:
+            self._accounts[r.address] = Account(r.address, r.origin, r.exportable, r.created)
+        self.status.keys_loaded = len(self._accounts)
+        return [r.address for r in stored]
+
+    async def new_accounts(self, count: int = 1, exportable: bool = False) -> list[bytes]:
+        result = await self._call("generate", {"count": count, "exportable": exportable}, timeout=SLOW_TIMEOUT)
+        return await self._persist(result["records"])
+
+    async def import_keyfile(self, envelope: bytes, exportable: bool) -> bytes:
+        result = await self._call("import_keyfile", {"envelope": envelope, "exportable": exportable}, timeout=SLOW_TIMEOUT)
+        address = result["record"]["address"]
+        if address in self._accounts:
+            raise RequestError(f"account already exists: 0x{address.hex()}")
+        (address,) = await self._persist([result["record"]])
+        return address
+
+    async def export_keyfile(self, address: bytes, envelope: bytes) -> str:
+        self.require(address)
+        result = await self._call("export_keyfile", {"address": address, "envelope": envelope}, timeout=SLOW_TIMEOUT)
+        return str(result["keyfile"])
+
+    async def sign_tx(self, address: bytes, tx: dict[str, Any]) -> dict[str, Any]:
+        self.require(address)
+        return await self._call("sign_tx", {"address": address, "tx": tx})  # type: ignore[no-any-return]
+
+    async def sign(self, method: str, address: bytes, **params: Any) -> tuple[bytes, bytes]:
+        """Run one of the enclave's message signers; returns (65-byte signature with V 0/1, digest)."""
+        self.require(address)
+        result = await self._call(method, {"address": address, **params})
+        return result["signature"], result["digest"]
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value is not None else None

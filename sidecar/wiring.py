@@ -1,0 +1,140 @@
+"""The one place where the sidecar is assembled: store, enclave client, signer, RPC methods, HTTP, IPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from enclave.transport import parse_address
+
+from .config import SidecarConfig
+from .enclave_client import EnclaveClient
+from .http import HttpConfig, make_http_app
+from .ipc import IpcServer
+from .logs import account_of
+from .methods import build_methods
+from .metrics import Metrics
+from .rpc import CallContext, Dispatcher
+from .signer import AttestationConfig, SealingProvider, Signer
+from .store import SqliteStore
+
+log = logging.getLogger("clave.sidecar")
+request_log = logging.getLogger("clave.request")
+
+
+@dataclass
+class Sidecar:
+    config: SidecarConfig
+    signer: Signer
+    dispatcher: Dispatcher
+    metrics: Metrics
+    store: SqliteStore
+    ipc: IpcServer
+    runner: web.AppRunner | None = None
+    http_url: str = ""
+
+    async def start(self) -> None:
+        self.signer.start_watch()
+        await self.ipc.start()
+
+    async def serve_http(self, app: web.Application) -> None:
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.http_addr, self.config.http_port, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        host = self.config.http_addr if ":" not in self.config.http_addr else f"[{self.config.http_addr}]"
+        self.http_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        await self.signer.stop()
+        await self.ipc.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.signer.client.close()
+        self.store.close()
+
+
+def build_sidecar(
+    config: SidecarConfig,
+    sealing: SealingProvider,
+    attestation: AttestationConfig,
+    *,
+    provision_key: Callable[[Any], Awaitable[str]] | None = None,
+) -> tuple[Sidecar, web.Application]:
+    metrics = Metrics()
+    store = SqliteStore(config.store_path)
+    client = EnclaveClient(parse_address(config.enclave))
+    signer = Signer(client, store, sealing, attestation, kms_key_id=config.kms_key_id, provision_key=provision_key)
+    methods = build_methods(signer, config, metrics)
+
+    def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:
+        known = method if method in methods else "unknown"
+        metrics.requests.labels(known, outcome).inc()
+        metrics.request_seconds.labels(known).observe(seconds)
+        request_log.info(
+            "%s account=%s outcome=%s latency_ms=%.2f transport=%s",
+            known,
+            account_of(method, params),
+            outcome,
+            seconds * 1000,
+            ctx.transport,
+            extra={
+                "fields": {
+                    "method": known,
+                    "account": account_of(method, params),
+                    "outcome": outcome,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "transport": ctx.transport,
+                }
+            },
+        )
+
+    dispatcher = Dispatcher(methods, observer=observe)
+    ipc = IpcServer(config.ipc_socket, dispatcher)
+    sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
+
+    async def health() -> tuple[int, dict[str, object]]:
+        status = signer.status
+        try:
+            store_seconds = await asyncio.to_thread(store.ping)
+            metrics.store_seconds.labels("ping").observe(store_seconds)
+            store_ok = True
+        except Exception:
+            store_ok = False
+        age = time.time() - status.attested_at if status.attested else None
+        body: dict[str, object] = {
+            "ready": signer.ready and store_ok,
+            "enclave_reachable": status.enclave_reachable,
+            "attested": status.attested,
+            "attestation_age_seconds": round(age, 1) if age is not None else None,
+            "keys_unsealed": status.keys_unsealed,
+            "keys_loaded": status.keys_loaded,
+            "unseal_failures": status.unseal_failures,
+            "store_reachable": store_ok,
+            "last_error": status.last_error or None,
+        }
+        return (200 if body["ready"] else 503), body
+
+    def render_metrics() -> tuple[bytes, str]:
+        status = signer.status
+        metrics.keys_loaded.set(status.keys_loaded)
+        metrics.attested.set(1 if status.attested else 0)
+        if status.attested:
+            metrics.attestation_age.set(time.time() - status.attested_at)
+        return metrics.render()
+
+    token = None
+    if config.auth_token_file is not None:
+        token = config.auth_token_file.read_text().strip()
+        if not token:
+            raise SystemExit(f"{config.auth_token_file}: auth token file is empty")
+    app = make_http_app(dispatcher, HttpConfig(config.vhosts, config.cors_domains, token), health, render_metrics)
+    return sidecar, app
