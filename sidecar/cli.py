@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -74,6 +75,113 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     setup_logging(config.log_json)
     return up(config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .logs import setup_logging
+    from .serve import serve
+
+    config = config_from_args(args)
+    config.enclave = args.enclave
+    config.kms_key_id = args.kms_key_id
+    config.kms_region = args.kms_region
+    config.kms_endpoint = args.kms_endpoint
+    config.attestation_root = Path(args.attestation_root) if args.attestation_root else None
+    config.attestation_root_fingerprint = args.attestation_root_fingerprint
+    config.allow_debug_enclave = args.allow_debug_enclave
+    setup_logging(config.log_json)
+    return serve(config)
+
+
+def cmd_enclave(args: argparse.Namespace) -> int:
+    from enclave.__main__ import main as enclave_main
+
+    argv = ["--listen", args.listen, "--nsm", args.nsm]
+    if args.nsm_state:
+        argv += ["--nsm-state", args.nsm_state]
+    enclave_main(argv)
+    return 0
+
+
+def cmd_kms_emulator(args: argparse.Namespace) -> int:
+    from .kmsemu.__main__ import main as kms_main
+
+    kms_main(["--datadir", args.datadir, "--host", args.host, "--port", str(args.port), "--root", args.root])
+    return 0
+
+
+def cmd_attest(args: argparse.Namespace) -> int:
+    from .attestation import describe
+
+    if args.attest_command == "verify":
+        return cmd_attest_verify(args)
+    with _with_client(args) as client:
+        nonce = bytes.fromhex(args.nonce.removeprefix("0x")) if args.nonce else os.urandom(32)
+        document = bytes.fromhex(client.call("clave_attest", "0x" + nonce.hex())[2:])
+    result: dict[str, Any] = {"nonce": nonce.hex()}
+    try:
+        verified = _verify_document(document, args, nonce=nonce, at_ms=int(time.time() * 1000))
+        result.update(verified=True, document=describe(verified))
+    except Exception as exc:
+        result.update(verified=False, error=str(exc))
+    if args.out:
+        Path(args.out).write_bytes(document)
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result["verified"] else 1
+
+
+def _verify_document(document: bytes, args: argparse.Namespace, *, nonce: bytes | None, at_ms: int):  # type: ignore[no-untyped-def]
+    from .attestation import AWS_NITRO_ROOT_G1_SHA256, PcrPolicy, load_root, verify_attestation
+
+    if args.root:
+        root_path = Path(args.root)
+        fingerprint = None
+    else:
+        root_path = Path(os.path.expanduser(args.datadir)).absolute() / "nsm" / "root.pem"
+        fingerprint = None
+        if not root_path.exists():
+            raise SystemExit("clave: pass --root PEM (the AWS Nitro Enclaves Root-G1 certificate)")
+    root = load_root(root_path.read_bytes(), fingerprint=fingerprint)
+    if args.aws_root and root_path.exists():
+        root = load_root(root_path.read_bytes(), fingerprint=AWS_NITRO_ROOT_G1_SHA256)
+    pcrs = dict(parse_pcr(p) for p in args.pcr)
+    return verify_attestation(
+        document, root=root, now_ms=at_ms, pcr_policy=PcrPolicy(expected=pcrs, allow_debug=args.allow_debug),
+        expected_nonce=nonce,
+    )
+
+
+def cmd_attest_verify(args: argparse.Namespace) -> int:
+    from .attestation import describe
+
+    try:
+        document = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"clave: {args.file}: {exc.strerror}") from None
+    at_ms = args.at if args.at is not None else int(time.time() * 1000)
+    try:
+        verified = _verify_document(document, args, nonce=None, at_ms=at_ms)
+    except Exception as exc:
+        print(json.dumps({"file": args.file, "verified": False, "error": str(exc)}, indent=2))
+        return 1
+    print(json.dumps({"file": args.file, "verified": True, "document": describe(verified)}, indent=2, default=str))
+    return 0
+
+
+def cmd_kms_policy(args: argparse.Namespace) -> int:
+    from .kms import key_policy
+
+    pcrs = {}
+    for index in range(0, 16):
+        value = getattr(args, f"pcr{index}", None)
+        if value:
+            pcrs[index] = value.removeprefix("0x")
+    try:
+        policy = key_policy(args.role_arn, pcrs, args.image_sha384, admin_arn=args.admin_arn)
+    except ValueError as exc:
+        raise SystemExit(f"clave: {exc}") from None
+    print(json.dumps(policy, indent=2))
+    return 0
 
 
 # -- account commands -------------------------------------------------------------------------------
@@ -236,6 +344,58 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--password-file", required=True)
     exp.add_argument("--out", required=True)
     exp.set_defaults(func=cmd_account_export)
+    serve = sub.add_parser("serve", help="run the sidecar beside an enclave (production; systemd runs this)")
+    _add_server(serve)
+    serve.add_argument("--enclave", required=True, help="enclave address: vsock://CID:PORT or unix:PATH")
+    serve.add_argument("--kms-key-id", default=None, help="KMS key id or ARN holding the master data key")
+    serve.add_argument("--kms-region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    serve.add_argument("--kms-endpoint", default=None, help="KMS endpoint URL (the local emulator in local mode)")
+    serve.add_argument("--attestation-root", default=None, help="PEM of the attestation root (AWS Nitro Root-G1)")
+    serve.add_argument("--attestation-root-fingerprint", default=None,
+                       help="required SHA-256 of the root's DER (Root-G1: 641a0321…bb5b)")
+    serve.add_argument("--allow-debug-enclave", action="store_true", help="accept debug-mode enclaves (PCR0 zero)")
+    serve.set_defaults(func=cmd_serve)
+
+    enc = sub.add_parser("enclave", help="run the enclave service (inside the EIF, or locally)")
+    enc.add_argument("--listen", required=True)
+    enc.add_argument("--nsm", choices=("device", "software"), default="device")
+    enc.add_argument("--nsm-state", default=None)
+    enc.set_defaults(func=cmd_enclave)
+
+    kmse = sub.add_parser("kms-emulator", help="run the local KMS emulator")
+    kmse.add_argument("--datadir", required=True)
+    kmse.add_argument("--host", default="127.0.0.1")
+    kmse.add_argument("--port", type=int, default=0)
+    kmse.add_argument("--root", required=True, help="attestation root PEM (the software NSM's root.pem)")
+    kmse.set_defaults(func=cmd_kms_emulator)
+
+    att = sub.add_parser("attest", help="fetch and verify the enclave's attestation document")
+    _add_common(att)
+    att.add_argument("--nonce", default=None, help="hex nonce (default: 32 random bytes)")
+    att.add_argument("--root", default=None, help="root PEM (default: the local software NSM root)")
+    att.add_argument("--aws-root", action="store_true", help="require the root to be AWS Nitro Root-G1")
+    att.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
+    att.add_argument("--allow-debug", action="store_true")
+    att.add_argument("--out", default=None, help="also save the document here")
+    att.set_defaults(func=cmd_attest, attest_command=None)
+    att_sub = att.add_subparsers(dest="attest_command")
+    ver = att_sub.add_parser("verify", help="verify a saved attestation document")
+    ver.add_argument("file")
+    ver.add_argument("--at", type=int, default=None, help="verify at this time (unix ms)")
+    ver.add_argument("--root", default=None)
+    ver.add_argument("--aws-root", action="store_true")
+    ver.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
+    ver.add_argument("--allow-debug", action="store_true")
+    ver.add_argument("--datadir", default=str(DEFAULT_DATADIR))
+    ver.set_defaults(func=cmd_attest)
+
+    pol = sub.add_parser("kms-policy", help="print the KMS key policy that admits only this enclave image")
+    pol.add_argument("--role-arn", required=True, help="IAM role of the parent instance")
+    pol.add_argument("--admin-arn", default=None, help="principal that administers the key (default: account root)")
+    pol.add_argument("--image-sha384", default=None)
+    for index in (0, 1, 2, 3, 4, 8):
+        pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
+    pol.set_defaults(func=cmd_kms_policy)
     return parser
 
 

@@ -145,7 +145,7 @@ def _fold(name: str) -> str:
     return "".join(out)
 
 
-def field(obj: Mapping[str, Any] | None, name: str) -> Any:
+def field(obj: Any, name: str) -> Any:
     """The value Go would decode into struct field `name`: the last key, in document order, that
     matches case-insensitively; None when absent or JSON null."""
     if not isinstance(obj, Mapping):
@@ -239,6 +239,12 @@ def _non_string(go_type: str) -> GoJSONError:
     return GoJSONError(value="non-string", go_type=go_type, hard=True)
 
 
+def _go_bytes(text: str) -> str:
+    # Go measures and indexes strings in UTF-8 bytes; one char per byte keeps lengths and the
+    # "odd length" / "has length %d" checks identical for non-ASCII input.
+    return text.encode("utf-8", "surrogatepass").decode("latin-1")
+
+
 def _check_number_text(text: str) -> str:
     if text == "":
         return ""  # empty strings are allowed and mean zero
@@ -266,7 +272,7 @@ def decode_big(value: Any, go_type: str = T_BIG) -> int:
     if not isinstance(value, str):
         raise _non_string(go_type)
     try:
-        return _parse_hex_quantity(value, 64, ERR_BIG256_RANGE)
+        return _parse_hex_quantity(_go_bytes(value), 64, ERR_BIG256_RANGE)
     except ValueError as exc:
         raise _type_error(str(exc), go_type) from None
 
@@ -279,7 +285,7 @@ def decode_uint64(value: Any) -> int:
     if not isinstance(value, str):
         raise _non_string(T_UINT64)
     try:
-        return _parse_hex_quantity(value, 16, ERR_UINT64_RANGE)
+        return _parse_hex_quantity(_go_bytes(value), 16, ERR_UINT64_RANGE)
     except ValueError as exc:
         raise _type_error(str(exc), T_UINT64) from None
 
@@ -307,7 +313,7 @@ def decode_bytes(value: Any) -> bytes:
     if not isinstance(value, str):
         raise _non_string(T_BYTES)
     try:
-        return _unhex(_check_text(value))
+        return _unhex(_check_text(_go_bytes(value)))
     except ValueError as exc:
         raise _type_error(str(exc), T_BYTES) from None
 
@@ -317,7 +323,7 @@ def decode_fixed(value: Any, size: int, go_type: str) -> bytes:
     if not isinstance(value, str):
         raise _non_string(go_type)
     try:
-        digits = _check_text(value)
+        digits = _check_text(_go_bytes(value))
     except ValueError as exc:
         raise _type_error(str(exc), go_type) from None
     if len(digits) // 2 != size:

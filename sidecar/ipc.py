@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import json
 import logging
 import os
 import re
 from pathlib import Path
 
+from . import gojson
 from .rpc import CallContext, Dispatcher
 
 log = logging.getLogger("clave.ipc")
@@ -117,7 +117,7 @@ class IpcServer:
 
         async def answer(text: str) -> None:
             try:
-                message = json.loads(text)
+                message = gojson.loads(text)
             except ValueError:
                 reply, _ = await self.dispatcher.handle_body(b"\xff", ctx)  # parse-error reply
             else:

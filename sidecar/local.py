@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import re
 import signal
@@ -18,15 +17,13 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from .attestation import AttestationDocument, PcrPolicy, load_root
+from .attestation import PcrPolicy, load_root
 from .config import SidecarConfig
-from .kms import KmsSealing, key_policy, make_kms_client
+from .serve import run_sidecar, stop_event
 from .signer import AttestationConfig
-from .wiring import build_sidecar
 
 log = logging.getLogger("clave.up")
 
-LOCAL_ROLE = "arn:aws:iam::000000000000:role/clave-local"
 READY_TIMEOUT = 30.0
 
 
@@ -131,16 +128,11 @@ class Child:
             self._log.close()
 
 
-def _signer_value(config: SidecarConfig, http_url: str) -> str:
-    return str(config.ipc_socket)
-
-
 async def run_up(config: SidecarConfig) -> int:
     datadir = config.datadir
     logs = datadir / "logs"
-    enclave_sock = datadir / "enclave.sock"
     nsm_state = datadir / "nsm"
-    config.enclave = f"unix:{enclave_sock}"
+    config.enclave = f"unix:{datadir / 'enclave.sock'}"
     enclave = Child(
         "enclave",
         [sys.executable, "-m", "enclave", "--listen", config.enclave, "--nsm", "software", "--nsm-state", str(nsm_state)],
@@ -154,51 +146,20 @@ async def run_up(config: SidecarConfig) -> int:
         re.compile(r"kms-emulator listening (\S+)"),
         logs / "kms.log",
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    sidecar = None
+    stop = stop_event()
     try:
         await enclave.start()
         enclave.supervise()
         match = await kms.start()
         kms.supervise()
-        endpoint = match.group(1)
-        kms_client = make_kms_client(config.kms_region, endpoint)
-
-        async def provision_key(doc: AttestationDocument) -> str:
-            # First start: a key whose policy admits only this enclave image (PCR0), as an operator
-            # would create it in AWS with `clave kms-policy`.
-            policy = key_policy(LOCAL_ROLE, {0: doc.pcrs[0].hex()}, None)
-            created = await asyncio.to_thread(
-                kms_client.create_key, Policy=json.dumps(policy), Description="clave local master key"
-            )
-            return str(created["KeyMetadata"]["KeyId"])
-
+        config.kms_endpoint = match.group(1)
         root = load_root((nsm_state / "root.pem").read_bytes())
+        # The software NSM measures the installed code, so local PCR0 is real; the KMS key policy pins it.
         attestation = AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True))
-        sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision_key)
-        await sidecar.start()
-        if config.http_enabled:
-            await sidecar.serve_http(app)
-        ready = await sidecar.signer.wait_ready(READY_TIMEOUT)
-        if not ready:
-            print(f"clave: enclave did not become ready: {sidecar.signer.status.last_error}", file=sys.stderr)
-        endpoints = []
-        if config.http_enabled:
-            endpoints.append(f"http={sidecar.http_url}")
-        endpoints.append(f"ipc={config.ipc_socket}")
-        print(
-            f"clave ready {' '.join(endpoints)} accounts={sidecar.signer.status.keys_loaded} "
-            f"geth: --signer={_signer_value(config, sidecar.http_url)}",
-            flush=True,
+        return await run_sidecar(
+            config, attestation, kms_endpoint=config.kms_endpoint, provision_locally=config.kms_key_id is None, stop=stop
         )
-        await stop.wait()
-        return 0
     finally:
-        if sidecar is not None:
-            await sidecar.stop()
         await kms.stop()
         await enclave.stop()
 
@@ -206,5 +167,3 @@ async def run_up(config: SidecarConfig) -> int:
 def up(config: SidecarConfig) -> int:
     with datadir_lock(config.datadir):
         return asyncio.run(run_up(config))
-
-

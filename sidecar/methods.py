@@ -8,18 +8,26 @@ Each handler decodes its arguments with Go's rules (`gojson`), applies clef's or
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from eth_hash.auto import keccak
 
-from enclave.encoding.messages import personal_message
 from enclave.encoding.txjson import geth_tx_json
+from enclave.encoding.typed_data import typed_data_preimage
 from enclave.errors import InvalidParams, RequestError
-from enclave.signing import recover_address
 
 from . import gnosis, signdata, txargs
 from .config import SidecarConfig
-from .gojson import MixedcaseAddress, argument_error, decode_address, decode_bytes
+from .gojson import (
+    GoJSONError,
+    MixedcaseAddress,
+    checksum,
+    decode_address,
+    decode_bytes,
+    decode_mixedcase,
+    invalid_argument,
+)
 from .metrics import Metrics
 from .rpc import CallContext, Method
 from .signer import Signer
@@ -35,19 +43,27 @@ def _addr(address: bytes) -> str:
     return "0x" + address.hex()
 
 
+T = TypeVar("T")
+
+
+def _arg(params: list[Any], index: int, decode: Callable[[Any], T]) -> T:
+    """Decode positional argument `index` with Go's rules; errors read `invalid argument N: …` (-32602)."""
+    try:
+        return decode(params[index])
+    except GoJSONError as exc:
+        raise invalid_argument(index, exc) from None
+
+
 def _mixed(params: list[Any], index: int) -> MixedcaseAddress:
-    with argument_error(index):
-        return MixedcaseAddress.decode(params[index])
+    return _arg(params, index, decode_mixedcase)
 
 
 def _plain_address(params: list[Any], index: int) -> bytes:
-    with argument_error(index):
-        return decode_address(params[index])
+    return _arg(params, index, decode_address)
 
 
 def _data(params: list[Any], index: int) -> bytes:
-    with argument_error(index):
-        return decode_bytes(params[index])
+    return _arg(params, index, decode_bytes)
 
 
 def _v27(signature: bytes) -> bytes:
@@ -87,8 +103,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         return _addr(address)
 
     async def account_sign_transaction(params: list[Any], ctx: CallContext) -> dict[str, Any]:
-        with argument_error(0):
-            args = txargs.parse_send_tx_args(params[0])
+        args = _arg(params, 0, txargs.parse_send_tx_args)
         selector = None
         if len(params) > 1:
             if not isinstance(params[1], str):
@@ -106,13 +121,13 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
             raise InvalidParams("invalid argument 0: json: cannot unmarshal non-string into Go value of type string")
         address = _mixed(params, 1)
         request = signdata.parse_sign_data(params[0], params[2])
-        if request.kind == "typed":
+        if request.op == "typed":
             signature, _ = await sign_message("typed", "sign_typed", address.address, typed_data=request.typed_data)
-        elif request.kind == "validator":
+        elif request.op == "validator":
             signature, _ = await sign_message(
                 "validator", "sign_validator", address.address, validator=request.validator, data=request.data
             )
-        elif request.kind == "clique":
+        elif request.op == "clique":
             signature, _ = await sign_message("clique", "sign_clique", address.address, header=request.data)
             return _hex(signature)  # clique seals carry V 0/1
         else:
@@ -130,27 +145,19 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         return _hex(_v27(signature))
 
     async def account_ec_recover(params: list[Any], ctx: CallContext) -> str:
-        data, signature = _data(params, 0), _data(params, 1)
-        signdata.ec_recover_check(signature)
-        digest = keccak(personal_message(data))
-        try:
-            address = recover_address(digest, signature[:64] + bytes([signature[64] - 27]))
-        except Exception:
-            raise RequestError("invalid signature") from None
-        return _addr(address)
+        return _addr(signdata.ec_recover(_data(params, 0), _data(params, 1)))
 
     async def account_sign_gnosis_safe_tx(params: list[Any], ctx: CallContext) -> dict[str, Any]:
         address = _mixed(params, 0)
-        with argument_error(1):
-            safe_tx = gnosis.parse_gnosis_tx(params[1])
+        safe_tx = _arg(params, 1, gnosis.parse_gnosis_tx)
         selector = params[2] if len(params) > 2 and isinstance(params[2], str) else None
         messages = txargs.clef_validate(gnosis.gnosis_validation_args(safe_tx), selector)
         rejection = txargs.clef_reject_message(messages)
         if rejection is not None:
             raise refuse("validation", rejection)
-        typed = gnosis.gnosis_typed_data_checked(safe_tx, chain_ids[0])
-        signature, digest = await sign_message("gnosis", "sign_typed", address.address, typed_data=typed)
-        return gnosis.gnosis_result(safe_tx, _v27(signature), digest, address.checksum())
+        plan = gnosis.gnosis_prepare(safe_tx, chain_ids[0], lambda t: keccak(typed_data_preimage(t)))
+        signature, _ = await sign_message("gnosis", "sign_typed", address.address, typed_data=plan.typed_data)
+        return gnosis.gnosis_result(plan.tx, _v27(signature), plan.digest, checksum(address.address))
 
     # -- node-style eth_* --------------------------------------------------------------------------
 
@@ -163,10 +170,11 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         return _hex(_v27(signature))
 
     async def eth_sign_transaction(params: list[Any], ctx: CallContext) -> dict[str, Any]:
-        with argument_error(0):
-            args = txargs.parse_transaction_args(params[0])
-        tx, sender = txargs.ethapi_to_tx(args, chain_ids, fee_cap_wei=config.tx_fee_cap_wei)
-        return await sign_tx(sender, tx)
+        args = _arg(params, 0, txargs.parse_transaction_args)
+        if args.from_ is None:
+            raise RequestError("from not specified")  # geth: the zero address, which is never an account
+        tx = txargs.ethapi_to_tx(args, chain_ids, fee_cap_ether=config.tx_fee_cap_wei / 10**18)
+        return await sign_tx(args.from_, tx)
 
     async def eth_sign_typed_data_v4(params: list[Any], ctx: CallContext) -> str:
         address = _plain_address(params, 0)

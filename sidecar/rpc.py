@@ -25,6 +25,8 @@ from enclave.errors import (
     InfraError,
 )
 
+from . import gojson
+
 log = logging.getLogger("clave.rpc")
 
 MAX_BATCH = 1000
@@ -63,7 +65,7 @@ class Dispatcher:
 
     async def handle_body(self, body: bytes, ctx: CallContext) -> tuple[bytes | None, bool]:
         try:
-            message = json.loads(body)
+            message = gojson.loads(body)
         except (ValueError, UnicodeDecodeError):
             return _dump(_error(None, PARSE_ERROR, "parse error")), False
         return await self.handle_message(message, ctx)

@@ -85,7 +85,7 @@ def _consume_value(text: str) -> tuple[str, str]:
         return "", text
     if text[0] != '"':
         return _consume_token(text)
-    out = []
+    out: list[str] = []
     pos = 1
     while pos < len(text):
         ch = text[pos]

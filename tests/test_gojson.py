@@ -259,3 +259,17 @@ def test_arbitrary_strings_only_raise_go_errors(text):
             decoder(text)
         except GoJSONError as exc:
             assert exc.message
+
+
+def test_lengths_are_counted_in_utf8_bytes_like_go():
+    # "é" is two bytes: 38 digits + "é" is 40 bytes, the right length with a bad digit
+    assert _err(decode_address, "0x" + "0" * 38 + "é") == (
+        "json: cannot unmarshal invalid hex string into Go value of type common.Address"
+    )
+    assert _err(decode_address, "0x" + "0" * 39 + "é") == (
+        "json: cannot unmarshal hex string of odd length into Go value of type common.Address"
+    )
+    assert (
+        _err(decode_bytes, "0xé")
+        == "json: cannot unmarshal invalid hex string into Go value of type hexutil.Bytes"
+    )

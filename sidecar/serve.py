@@ -1,0 +1,130 @@
+"""`clave serve`: the sidecar alone, as the systemd unit runs it beside a Nitro Enclave (or, in local
+mode, beside `clave enclave --nsm software` and `clave kms-emulator`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+
+from .attestation import AWS_NITRO_ROOT_G1_SHA256, AttestationDocument, PcrPolicy, load_root
+from .config import SidecarConfig
+from .kms import KmsSealing, key_policy, make_kms_client
+from .signer import AttestationConfig
+from .wiring import Sidecar, build_sidecar
+
+log = logging.getLogger("clave.serve")
+
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/clave-local"
+READY_TIMEOUT = 30.0
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(message.encode())
+
+
+def attestation_config(config: SidecarConfig) -> AttestationConfig:
+    if config.attestation_root is None:
+        raise SystemExit("clave: --attestation-root PEM is required (the AWS Nitro Enclaves Root-G1 certificate)")
+    try:
+        data = config.attestation_root.read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"clave: {config.attestation_root}: {exc.strerror}") from None
+    root = load_root(data, fingerprint=config.attestation_root_fingerprint)
+    return AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=config.allow_debug_enclave))
+
+
+def local_key_provisioner(kms_client: object) -> Callable[[AttestationDocument], Awaitable[str]]:
+    async def provision_key(doc: AttestationDocument) -> str:
+        # First local start: a key whose policy admits only this enclave image (PCR0), as an operator
+        # creates it in AWS with `clave kms-policy`.
+        policy = key_policy(LOCAL_ROLE, {0: doc.pcrs[0].hex()}, None)
+        created = await asyncio.to_thread(
+            kms_client.create_key,  # type: ignore[attr-defined]
+            Policy=json.dumps(policy),
+            Description="clave local master key",
+        )
+        return str(created["KeyMetadata"]["KeyId"])
+
+    return provision_key
+
+
+def ready_line(config: SidecarConfig, sidecar: Sidecar) -> str:
+    endpoints = []
+    if config.http_enabled:
+        endpoints.append(f"http={sidecar.http_url}")
+    endpoints.append(f"ipc={config.ipc_socket}")
+    return (
+        f"clave ready {' '.join(endpoints)} accounts={sidecar.signer.status.keys_loaded} "
+        f"geth: --signer={config.ipc_socket}"
+    )
+
+
+async def run_sidecar(
+    config: SidecarConfig,
+    attestation: AttestationConfig,
+    *,
+    kms_endpoint: str | None,
+    provision_locally: bool,
+    stop: asyncio.Event,
+) -> int:
+    kms_client = make_kms_client(config.kms_region, kms_endpoint)
+    provision = local_key_provisioner(kms_client) if provision_locally else None
+    sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision)
+    try:
+        await sidecar.start()
+        if config.http_enabled:
+            await sidecar.serve_http(app)
+        if not await sidecar.signer.wait_ready(READY_TIMEOUT):
+            print(f"clave: enclave not ready yet: {sidecar.signer.status.last_error}; still trying", file=sys.stderr)
+        print(ready_line(config, sidecar), flush=True)
+        asyncio.create_task(_notify_when_ready(sidecar))
+        await stop.wait()
+        return 0
+    finally:
+        sd_notify("STOPPING=1")
+        await sidecar.stop()
+
+
+async def _notify_when_ready(sidecar: Sidecar) -> None:
+    await sidecar.signer.wait_ready(float("inf"))
+    sd_notify(f"READY=1\nSTATUS=serving {sidecar.signer.status.keys_loaded} accounts")
+
+
+def stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def serve(config: SidecarConfig) -> int:
+    from .local import datadir_lock
+
+    attestation = attestation_config(config)
+    provision_locally = config.kms_key_id is None and config.kms_endpoint is not None
+
+    async def main() -> int:
+        return await run_sidecar(
+            config, attestation, kms_endpoint=config.kms_endpoint, provision_locally=provision_locally, stop=stop_event()
+        )
+
+    with datadir_lock(config.datadir):
+        return asyncio.run(main())
+
+
+__all__ = ["AWS_NITRO_ROOT_G1_SHA256", "serve", "run_sidecar", "sd_notify"]
