@@ -1,6 +1,6 @@
 """Which files of a keystore directory are keyfiles, by geth's rules (`accounts/keystore/account_cache.go`):
-skip hidden files, `~` backups, directories and non-regular files; a keyfile must be JSON whose
-`address` field holds a non-zero address."""
+skip hidden files, `~` backups, directories and non-regular files; a keyfile in a directory must be JSON
+whose `address` field holds a non-zero address."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ def _inspect(path: Path, *, in_directory: bool) -> Candidate:
     if not isinstance(keyfile, dict):
         return Candidate(path, None, "not a JSON keyfile")
     address = keyfile.get("address")
+    if (address is None or address == "") and not in_directory and isinstance(keyfile.get("crypto"), dict):
+        # Named explicitly, a keyfile without an address (foundry's `cast wallet new` writes none) is
+        # still imported: the enclave derives the address from the decrypted key.
+        return Candidate(path, text, None)
     if not isinstance(address, str) or not address:
         return Candidate(path, None, "keyfile has no address")
     try:

@@ -1,0 +1,68 @@
+"""Helpers shared by the real-client tests: keyfile import/export through the CLI and anvil plumbing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import rlp
+from eth_account import Account
+from eth_keyfile import create_keyfile_json
+
+from tests.stack import Anvil, ClaveProcess
+
+# Every private key and password a test hands to clave; test_z_secrets searches logs and datadirs for them.
+KNOWN_SECRETS: set[str] = set()
+
+
+def light_keyfile(private_key: bytes, password: str, directory: Path, name: str | None = None) -> Path:
+    """A V3 keyfile with cheap scrypt parameters so imports stay fast in tests."""
+    keyfile = create_keyfile_json(private_key, password.encode(), kdf="scrypt", iterations=1 << 12)
+    path = directory / (name or f"UTC--test--{keyfile['address'].lower()}")
+    path.write_text(json.dumps(keyfile))
+    KNOWN_SECRETS.update({private_key.hex(), password})
+    return path
+
+
+def import_key(clave: ClaveProcess, private_key: bytes, tmp: Path, *, exportable: bool = False, password: str = "correct horse battery") -> str:
+    directory = tmp / f"import-{private_key.hex()[:8]}"
+    directory.mkdir(exist_ok=True)
+    keyfile = light_keyfile(private_key, password, directory)
+    password_file = directory.parent / f"pw-{private_key.hex()[:8]}"
+    password_file.write_text(password + "\n")
+    args = ["account", "import", str(keyfile), "--password-file", str(password_file)]
+    if exportable:
+        args.append("--exportable")
+    result = clave.cli(*args)
+    address = Account.from_key(private_key).address.lower()
+    assert result.returncode == 0 or "already exists" in result.stderr, result.stderr
+    return address
+
+
+def run(*argv: str, input_text: str | None = None) -> str:
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=120, input=input_text)
+    assert result.returncode == 0, f"{argv[0]} failed: {result.stderr}"
+    return result.stdout.strip()
+
+
+def send_and_mine(anvil: Anvil, raw: str) -> dict[str, Any]:
+    tx_hash = anvil.rpc("eth_sendRawTransaction", raw)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        receipt = anvil.rpc("eth_getTransactionReceipt", tx_hash)
+        if receipt is not None:
+            return receipt  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise AssertionError(f"anvil did not mine {tx_hash}")
+
+
+def blob_network_form(raw_hex: str, blobs: list[bytes], commitments: list[bytes], proofs: list[bytes]) -> str:
+    """Wrap a signed type-3 transaction with its sidecar, as nodes accept it over the network (EIP-4844)."""
+    raw = bytes.fromhex(raw_hex[2:])
+    assert raw[0] == 3
+    body = rlp.decode(raw[1:])
+    wrapped = b"\x03" + rlp.encode([body, blobs, commitments, proofs])
+    return "0x" + wrapped.hex()
