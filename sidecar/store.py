@@ -110,7 +110,7 @@ class SqliteStore:
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT address, origin, exportable, created, blob FROM records ORDER BY created, address"
+                    "SELECT address, origin, exportable, created, blob FROM records ORDER BY rowid"
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"key store read failed: {exc}") from None
