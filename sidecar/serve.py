@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 
 from .attestation import AWS_NITRO_ROOT_G1_SHA256, AttestationDocument, PcrPolicy, load_root
@@ -88,19 +87,25 @@ async def run_sidecar(
         await sidecar.start()
         if config.http_enabled:
             await sidecar.serve_http(app)
-        if not await sidecar.signer.wait_ready(READY_TIMEOUT):
-            print(f"clave: enclave not ready yet: {sidecar.signer.status.last_error}; still trying", file=sys.stderr)
-        print(ready_line(config, sidecar), flush=True)
-        asyncio.create_task(_notify_when_ready(sidecar))
+        try:
+            await asyncio.wait_for(sidecar.signer.attempted.wait(), READY_TIMEOUT)
+        except TimeoutError:
+            pass
+        if not sidecar.signer.ready:
+            # Keep serving (health says why) and keep retrying; the ready line follows once keys are unsealed.
+            print(f"clave waiting: {sidecar.signer.status.last_error or 'enclave not ready'}", flush=True)
+        announcer = asyncio.create_task(_announce_when_ready(config, sidecar))
         await stop.wait()
+        announcer.cancel()
         return 0
     finally:
         sd_notify("STOPPING=1")
         await sidecar.stop()
 
 
-async def _notify_when_ready(sidecar: Sidecar) -> None:
-    await sidecar.signer.wait_ready(float("inf"))
+async def _announce_when_ready(config: SidecarConfig, sidecar: Sidecar) -> None:
+    await sidecar.signer.wait_ready(None)
+    print(ready_line(config, sidecar), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving {sidecar.signer.status.keys_loaded} accounts")
 
 

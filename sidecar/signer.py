@@ -90,6 +90,7 @@ class Signer:
         self._bring_up_lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self.attempted = asyncio.Event()  # set once the first bring-up attempt has finished, either way
 
     # -- bring-up --------------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class Signer:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, timeout: float | None) -> bool:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
@@ -188,6 +189,7 @@ class Signer:
                 self.status.last_error = exc.message
                 self._ready.clear()
                 self.status.keys_unsealed = False
+            self.attempted.set()
             await asyncio.sleep(interval)
 
     def start_watch(self, interval: float = 1.0) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 READY = re.compile(r"clave ready (.*)$")
+WAITING = re.compile(r"clave waiting: (.*)$")
 
 
 def free_port() -> int:
@@ -43,8 +44,19 @@ def post_json(url: str, payload: Any, *, headers: dict[str, str] | None = None, 
 
 
 class ClaveProcess:
-    def __init__(self, datadir: Path, *, chain_ids: str = "1", extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        datadir: Path,
+        *,
+        chain_ids: str = "1",
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.datadir = datadir
+        self.env = env
+        self.cwd = cwd
+        self.waiting_line = ""
         self.chain_ids = chain_ids
         self.extra = extra or []
         self.port = 0
@@ -65,11 +77,13 @@ class ClaveProcess:
         return [sys.executable, "-m", "sidecar.cli", "up", "--datadir", str(self.datadir),
                 "--http.port", str(self.port), "--chainid", self.chain_ids, *self.extra]
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, until_waiting: bool = False) -> None:
+        """Start and wait for the ready line (or, with until_waiting, for a `clave waiting:` line)."""
         self.port = free_port()
         self.output = []
         self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None, cwd=self.cwd,
         )
         deadline = time.monotonic() + timeout
         ready = threading.Event()
@@ -81,6 +95,10 @@ class ClaveProcess:
                 if READY.search(line):
                     self.ready_line = line.strip()
                     ready.set()
+                elif WAITING.search(line):
+                    self.waiting_line = line.strip()
+                    if until_waiting:
+                        ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
         while not ready.wait(0.1):
