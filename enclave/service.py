@@ -24,6 +24,7 @@ from .nitro import nsm as nsm_api
 from .nitro.cms import open_enveloped_data
 from .sealing import RecordMeta, seal, unseal
 from .signing import Signature, sign_preimage
+from .validator import validator_handlers
 
 MAX_GENERATE = 100_000
 Handler = Callable[[dict[str, Any]], Any]
@@ -74,6 +75,7 @@ class EnclaveService:
             "sign_typed": self.sign_typed,
             "sign_clique": self.sign_clique,
         }
+        self.handlers.update(validator_handlers(self))  # go-opera/sonic validator keys
 
     # -- lifecycle -------------------------------------------------------------------------------
 
