@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from enclave import protocol
@@ -38,8 +40,16 @@ class Overloaded(InfraError):
 
 
 class EnclaveClient:
-    def __init__(self, address: Address, *, max_in_flight: int = 4096, connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        address: Address,
+        *,
+        max_in_flight: int = 4096,
+        connect_timeout: float = 2.0,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.address = address
+        self._observe = observe
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -98,6 +108,7 @@ class EnclaveClient:
         if len(self._pending) >= self._max_in_flight:
             raise Overloaded()
         writer = await self._ensure_connected()
+        started = time.perf_counter()
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -110,6 +121,8 @@ class EnclaveClient:
             raise EnclaveUnavailable(f"write failed: {exc}") from None
         finally:
             self._pending.pop(request_id, None)
+            if self._observe is not None:
+                self._observe(method, time.perf_counter() - started)
         error = reply.get("error")
         if error is not None:
             code, message = error.get("code"), str(error.get("message"))

@@ -28,6 +28,49 @@ log = logging.getLogger("clave.sidecar")
 request_log = logging.getLogger("clave.request")
 
 
+class MeteredSealing:
+    """Counts KMS calls and failures for /metrics."""
+
+    def __init__(self, inner: SealingProvider, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]:
+        return await self._count("GenerateDataKey", self.inner.generate_data_key(key_id, attestation_doc))
+
+    async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes:
+        return await self._count("Decrypt", self.inner.decrypt(key_id, ciphertext_blob, attestation_doc))
+
+    async def _count(self, operation: str, call: Awaitable[Any]) -> Any:
+        try:
+            result = await call
+        except Exception:
+            self.metrics.kms_calls.labels(operation, "error").inc()
+            raise
+        self.metrics.kms_calls.labels(operation, "ok").inc()
+        return result
+
+
+class MeteredStore:
+    """Times the key store's operations for /metrics; everything else passes through."""
+
+    def __init__(self, inner: SqliteStore, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if not callable(target):
+            return target
+        histogram = self._metrics.store_seconds.labels(name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with histogram.time():
+                return target(*args, **kwargs)
+
+        return timed
+
+
 @dataclass
 class Sidecar:
     config: SidecarConfig
@@ -71,8 +114,17 @@ def build_sidecar(
 ) -> tuple[Sidecar, web.Application]:
     metrics = Metrics()
     store = SqliteStore(config.store_path)
-    client = EnclaveClient(parse_address(config.enclave))
-    signer = Signer(client, store, sealing, attestation, kms_key_id=config.kms_key_id, provision_key=provision_key)
+    client = EnclaveClient(
+        parse_address(config.enclave), observe=lambda call, s: metrics.enclave_seconds.labels(call).observe(s)
+    )
+    signer = Signer(
+        client,
+        MeteredStore(store, metrics),  # type: ignore[arg-type]
+        MeteredSealing(sealing, metrics),
+        attestation,
+        kms_key_id=config.kms_key_id,
+        provision_key=provision_key,
+    )
     methods = build_methods(signer, config, metrics)
 
     def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:

@@ -1,0 +1,81 @@
+"""Metrics, health and request logs, scraped from a running `clave up`."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.stack import ClaveProcess, RpcFailure
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_upcheck_healthz_metrics(clave: ClaveProcess) -> None:
+    assert _get(clave.url + "/upcheck") == (200, "OK")
+    status, body = _get(clave.url + "/healthz")
+    health = json.loads(body)
+    assert status == 200 and health["ready"] and health["attested"] and health["store_reachable"]
+    assert health["enclave_reachable"] and health["keys_unsealed"]
+
+    address = clave.rpc("account_new")
+    before = _samples(_get(clave.url + "/metrics")[1])
+    clave.rpc("eth_sign", address, "0x01")
+    try:
+        clave.rpc("eth_sign", "0x" + "ee" * 20, "0x01")
+    except RpcFailure:
+        pass
+    after = _samples(_get(clave.url + "/metrics")[1])
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("clave_requests_total", method="eth_sign", outcome="ok") == 1
+    assert delta("clave_requests_total", method="eth_sign", outcome="refused") == 1
+    assert delta("clave_signatures_total", kind="personal") == 1
+    assert delta("clave_request_seconds_count", method="eth_sign") == 2
+    assert delta("clave_enclave_roundtrip_seconds_count", call="sign_personal") >= 1
+    assert after[("clave_keys_loaded", ())] >= 1
+    assert after[("clave_attestation_ok", ())] == 1
+    assert after[("clave_kms_calls_total", (("operation", "GenerateDataKey"), ("outcome", "ok")))] == 1
+    text = _get(clave.url + "/metrics")[1]
+    assert address not in text and address[2:] not in text  # labels never carry accounts
+
+
+def test_request_log_lines(clave: ClaveProcess) -> None:
+    address = clave.rpc("account_new")
+    clave.rpc("eth_sign", address, "0x" + "ab" * 4)
+    lines = [line for line in clave.logs().splitlines() if "clave.request eth_sign" in line and address in line]
+    assert lines, "one log line per request, naming method and account"
+    assert re.search(r"outcome=ok latency_ms=\d+\.\d+ transport=http", lines[-1])
+    assert "abababab" not in clave.logs()  # payloads are never logged
+
+
+def test_json_log_lines(tmp_path: Path) -> None:
+    proc = ClaveProcess(tmp_path / "json", extra=["--log.json"])
+    proc.start()
+    try:
+        proc.rpc("account_version")
+    finally:
+        proc.stop()
+    entries = [json.loads(line) for line in proc.output if line.startswith("{")]
+    request = [e for e in entries if e.get("method") == "account_version"]
+    assert request and request[0]["outcome"] == "ok" and "latency_ms" in request[0]
