@@ -113,6 +113,7 @@ class Verifier:
         from eth_account.messages import encode_defunct, encode_typed_data
         from eth_account.typed_transactions import TypedTransaction
         from eth_utils import keccak
+        from hexbytes import HexBytes
 
         self.kind = kind
         self.chain_id = chain_id
@@ -121,6 +122,7 @@ class Verifier:
         self._typed = encode_typed_data
         self._typed_tx = TypedTransaction
         self._keccak = keccak
+        self._hexbytes = HexBytes
 
     def check(self, reply: Any, sender: str, seq: int) -> str | None:
         """Return None if the reply is a valid signature by `sender` over request `seq`, else why not."""
@@ -154,7 +156,7 @@ class Verifier:
         raw = bytes.fromhex(raw_hex[2:])
         if raw[:1] != b"\x02":
             return "raw transaction is not type 2"
-        fields = self._typed_tx.from_bytes(raw).as_dict()
+        fields = self._typed_tx.from_bytes(self._hexbytes(raw)).as_dict()
         expected = {"chainId": self.chain_id, "nonce": seq, "gas": GAS, "maxFeePerGas": MAX_FEE,
                     "maxPriorityFeePerGas": PRIORITY_FEE, "value": VALUE}
         for name, value in expected.items():

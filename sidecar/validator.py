@@ -18,7 +18,7 @@ import cbor2
 from enclave.errors import InvalidParams, RequestError
 
 from .enclave_client import SLOW_TIMEOUT, EnclaveNotReady
-from .gojson import argument_error, decode_bytes
+from .gojson import GoJSONError, decode_bytes, invalid_argument
 from .rpc import CallContext, Method
 from .signer import Signer
 
@@ -41,8 +41,10 @@ def validator_methods(signer: Signer) -> dict[str, Method]:
         return await signer.client.call(method, params, timeout=SLOW_TIMEOUT)  # type: ignore[no-any-return]
 
     def envelope(params: list[Any], index: int) -> bytes:
-        with argument_error(index):
+        try:
             return decode_bytes(params[index])
+        except GoJSONError as exc:
+            raise invalid_argument(index, exc) from None
 
     async def clave_validator_new(params: list[Any], ctx: CallContext) -> dict[str, str]:
         ipc_only(ctx, "clave_validatorNew")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ClaveProcess, Anvil
+from tests.stack import Anvil, ClaveProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT.parent / "shared" / "vectors"

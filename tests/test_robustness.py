@@ -14,8 +14,8 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from tests.clients import KNOWN_SECRETS, light_keyfile
-from tests.stack import ClaveProcess, RpcFailure, post_json
+from tests.clients import light_keyfile
+from tests.stack import ClaveProcess, RpcFailure
 
 GOOD = {
     "UTC--2016-03-22T12-57-55.920751759Z--7ef5a6135f1fd6a02593eedc869c6d41d934aef8": "0x7ef5a6135f1fd6a02593eedc869c6d41d934aef8",
