@@ -19,14 +19,14 @@ from .encoding import clique, messages, transactions, typed_data
 from .envelope import open_envelope
 from .errors import ClaveError, InvalidParams, RequestError
 from .keyfile import decrypt_keyfile, encrypt_keyfile
-from .keys import KeyTable, LoadedKey, generate_secret
+from .keys import KeyTable, LoadedKey, generate_secrets
 from .nitro import nsm as nsm_api
 from .nitro.cms import open_enveloped_data
 from .sealing import RecordMeta, seal, unseal
 from .signing import Signature, sign_preimage
 from .validator import validator_handlers
 
-MAX_GENERATE = 100_000
+MAX_GENERATE = 10_000  # per call: a reply of sealed records must stay well under the 4 MiB frame limit
 Handler = Callable[[dict[str, Any]], Any]
 
 
@@ -120,10 +120,8 @@ class EnclaveService:
         for record in records:
             try:
                 meta, secret = unseal(master, record)
-                key = self._keys.add(secret, meta.origin, meta.exportable)
-                if key.address != meta.address:
-                    raise RequestError("sealed record address does not match its key")
-                loaded.append(key.address)
+                self._keys.add_unsealed(meta.address, secret, meta.origin, meta.exportable)
+                loaded.append(meta.address)
             except RequestError as exc:
                 address = record.get("address") if isinstance(record, dict) else None
                 failed.append({"address": address if isinstance(address, bytes) else b"", "error": exc.message})
@@ -141,12 +139,8 @@ class EnclaveService:
             raise InvalidParams(f"count: expected 1..{MAX_GENERATE}")
         exportable = bool(params.get("exportable", False))
         self._master()
-        records = []
-        for _ in range(count):
-            secret = generate_secret(lambda n: nsm_api.get_random(self._nsm, n))
-            _, record = self._seal_new(secret, "generated", exportable)
-            records.append(record)
-        return {"records": records}
+        secrets = generate_secrets(lambda n: nsm_api.get_random(self._nsm, n), count)
+        return {"records": [self._seal_new(secret, "generated", exportable)[1] for secret in secrets]}
 
     def import_keyfile(self, params: dict[str, Any]) -> dict[str, Any]:
         payload = open_envelope(self._boot_key, _bytes(params, "envelope"))
@@ -166,8 +160,7 @@ class EnclaveService:
             raise InvalidParams("envelope must carry a non-empty password")
         if not key.exportable:
             raise RequestError("account is not exportable: it was created or imported without --exportable")
-        secret = key.key.secret
-        return {"keyfile": json.dumps(encrypt_keyfile(secret, password))}
+        return {"keyfile": json.dumps(encrypt_keyfile(key.secret, password))}
 
     def accounts(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"addresses": [k.address for k in self._keys]}

@@ -13,8 +13,10 @@ from typing import Any, TypeVar
 
 from eth_hash.auto import keccak
 
+from enclave.encoding.clique import clique_seal_preimage
+from enclave.encoding.messages import validator_message
 from enclave.encoding.txjson import geth_tx_json
-from enclave.encoding.typed_data import typed_data_preimage
+from enclave.encoding.typed_data import TypedDataDecodeError, typed_data_preimage
 from enclave.errors import InvalidParams, RequestError
 
 from . import gnosis, signdata, txargs
@@ -70,6 +72,25 @@ def _v27(signature: bytes) -> bytes:
     return signature[:64] + bytes([signature[64] + 27])
 
 
+def _typed_argument(params: list[Any], index: int) -> dict[str, Any]:
+    """A typed-data positional argument, checked as geth decodes and hashes it before anything else.
+
+    Go's json.Unmarshal into apitypes.TypedData fails as an argument error (-32602); encoding errors
+    (unknown types, missing fields, …) are plain errors (-32000).
+    """
+    typed = params[index]
+    if not isinstance(typed, dict):
+        raise InvalidParams(
+            f"invalid argument {index}: json: cannot unmarshal "
+            f"{_go_json_kind(typed)} into Go value of type apitypes.TypedData"
+        )
+    try:
+        typed_data_preimage(typed)
+    except TypedDataDecodeError as exc:
+        raise InvalidParams(f"invalid argument {index}: {exc.message}") from None
+    return typed
+
+
 def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> dict[str, Method]:
     chain_ids = config.chain_ids
 
@@ -121,6 +142,16 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
             raise InvalidParams("invalid argument 0: json: cannot unmarshal non-string into Go value of type string")
         address = _mixed(params, 1)
         request = signdata.parse_sign_data(params[0], params[2])
+        # clef builds the signing hash before it looks the account up (no account enumeration through
+        # error texts), so a bad payload fails with the encoder's error even for an unknown account.
+        # The enclave encodes again, from the same input, before it signs.
+        if request.op == "typed":
+            typed_data_preimage(request.typed_data)
+        elif request.op == "validator":
+            assert request.validator is not None
+            validator_message(request.validator, request.data)
+        elif request.op == "clique":
+            clique_seal_preimage(request.data)
         if request.op == "typed":
             signature, _ = await sign_message("typed", "sign_typed", address.address, typed_data=request.typed_data)
         elif request.op == "validator":
@@ -136,12 +167,8 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
 
     async def account_sign_typed_data(params: list[Any], ctx: CallContext) -> str:
         address = _mixed(params, 0)
-        if not isinstance(params[1], dict):
-            raise InvalidParams(
-                "invalid argument 1: json: cannot unmarshal "
-                f"{_go_json_kind(params[1])} into Go value of type apitypes.TypedData"
-            )
-        signature, _ = await sign_message("typed", "sign_typed", address.address, typed_data=params[1])
+        typed = _typed_argument(params, 1)
+        signature, _ = await sign_message("typed", "sign_typed", address.address, typed_data=typed)
         return _hex(_v27(signature))
 
     async def account_ec_recover(params: list[Any], ctx: CallContext) -> str:
@@ -186,6 +213,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
                 raise InvalidParams("invalid argument 1: typed data string is not valid JSON") from None
         if not isinstance(typed, dict):
             raise InvalidParams("invalid argument 1: typed data must be an object or a JSON string")
+        typed = _typed_argument([params[0], typed], 1)
         signature, _ = await sign_message("typed", "sign_typed", address, typed_data=typed)
         return _hex(_v27(signature))
 

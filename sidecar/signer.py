@@ -29,6 +29,7 @@ log = logging.getLogger("clave.signer")
 META_KMS_KEY_ID = "kms_key_id"
 META_DATA_KEY = "kms_data_key"
 UNSEAL_BATCH = 5000
+GENERATE_BATCH = 5000
 ATTESTATION_MAX_AGE_MS = 5 * 60 * 1000
 
 
@@ -232,8 +233,12 @@ class Signer:
         return [r.address for r in stored]
 
     async def new_accounts(self, count: int = 1, exportable: bool = False) -> list[bytes]:
-        result = await self._call("generate", {"count": count, "exportable": exportable}, timeout=SLOW_TIMEOUT)
-        return await self._persist(result["records"])
+        addresses: list[bytes] = []
+        while len(addresses) < count:
+            chunk = min(GENERATE_BATCH, count - len(addresses))
+            result = await self._call("generate", {"count": chunk, "exportable": exportable}, timeout=SLOW_TIMEOUT)
+            addresses += await self._persist(result["records"])
+        return addresses
 
     async def import_keyfile(self, envelope: bytes, exportable: bool) -> bytes:
         result = await self._call("import_keyfile", {"envelope": envelope, "exportable": exportable}, timeout=SLOW_TIMEOUT)

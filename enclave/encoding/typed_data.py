@@ -44,6 +44,14 @@ class _Big(int):
     """A *math.HexOrDecimal256 value (the domain's chainId): exact, printed in decimal by %v."""
 
 
+class TypedDataDecodeError(RequestError):
+    """The JSON value does not decode into geth's apitypes.TypedData (Go's json.Unmarshal fails).
+
+    geth reports these as JSON-RPC argument errors (-32602 `invalid argument N: …`) when the typed data is
+    a positional parameter, and as plain errors when it is decoded later (account_signData data/typed).
+    """
+
+
 @dataclass(frozen=True)
 class _Field:
     name: str
@@ -173,7 +181,7 @@ def _go_string(value: object, struct: str, field: str) -> str:
     if value is None:
         return ""  # null leaves a Go string empty
     if not isinstance(value, str):
-        raise RequestError(
+        raise TypedDataDecodeError(
             f"json: cannot unmarshal {_json_kind(value)} into Go struct field {struct}.{field} of type string"
         )
     return value
@@ -207,7 +215,7 @@ def _hex_or_decimal(value: object) -> _Big:
         text = json.dumps(value, separators=(",", ":"))
     parsed = _parse_big256(text)
     if parsed is None:
-        raise RequestError(f"invalid hex or decimal integer {_go_quote(text)}")
+        raise TypedDataDecodeError(f"invalid hex or decimal integer {_go_quote(text)}")
     return _Big(parsed)
 
 
@@ -225,14 +233,14 @@ def _check_json_numbers(value: object) -> None:
         except OverflowError:
             finite = False
         if not finite:
-            raise RequestError("json: cannot unmarshal number into Go value of type float64")
+            raise TypedDataDecodeError("json: cannot unmarshal number into Go value of type float64")
 
 
 def _parse_types(value: object) -> dict[str, list[_Field] | None]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise RequestError(
+        raise TypedDataDecodeError(
             f"json: cannot unmarshal {_json_kind(value)} into Go struct field TypedData.types "
             "of type apitypes.Types"
         )
@@ -242,7 +250,7 @@ def _parse_types(value: object) -> dict[str, list[_Field] | None]:
             types[key] = None  # the key exists, but geth's `Types[key] != nil` is false
             continue
         if not isinstance(entries, list):
-            raise RequestError(
+            raise TypedDataDecodeError(
                 f"json: cannot unmarshal {_json_kind(entries)} into Go struct field TypedData.types "
                 "of type []apitypes.Type"
             )
@@ -251,7 +259,7 @@ def _parse_types(value: object) -> dict[str, list[_Field] | None]:
             if entry is None:
                 entry = {}
             if not isinstance(entry, dict):
-                raise RequestError(
+                raise TypedDataDecodeError(
                     f"json: cannot unmarshal {_json_kind(entry)} into Go struct field TypedData.types "
                     "of type apitypes.Type"
                 )
@@ -272,7 +280,7 @@ _DOMAIN_KEYS = ("name", "version", "chainId", "verifyingContract", "salt")
 class _TypedData:
     def __init__(self, typed: object) -> None:
         if not isinstance(typed, dict):
-            raise RequestError(
+            raise TypedDataDecodeError(
                 f"json: cannot unmarshal {_json_kind(typed)} into Go value of type apitypes.TypedData"
             )
         top = _fold(typed, ("types", "primaryType", "domain", "message"))
@@ -282,7 +290,7 @@ class _TypedData:
         if domain is None:
             domain = {}
         if not isinstance(domain, dict):
-            raise RequestError(
+            raise TypedDataDecodeError(
                 f"json: cannot unmarshal {_json_kind(domain)} into Go struct field TypedData.domain "
                 "of type apitypes.TypedDataDomain"
             )
@@ -299,7 +307,7 @@ class _TypedData:
         if message is None:
             message = {}
         if not isinstance(message, dict):
-            raise RequestError(
+            raise TypedDataDecodeError(
                 f"json: cannot unmarshal {_json_kind(message)} into Go struct field TypedData.message "
                 "of type map[string]interface {}"
             )
