@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from . import aio
 from .server import FrameServer
 from .service import EnclaveService
 from .transport import parse_address, start_server
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nsm-state", help="state directory of the software NSM (local mode only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s enclave %(levelname)s %(message)s")
-    asyncio.run(serve(args.listen, args.nsm, args.nsm_state))
+    aio.run(serve(args.listen, args.nsm, args.nsm_state))
 
 
 if __name__ == "__main__":

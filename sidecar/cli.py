@@ -74,7 +74,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     setup_logging(config.log_json)
-    return up(config)
+    return up(config, accept_new_enclave=args.accept_new_enclave)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the local enclave, KMS emulator and sidecar")
     _add_server(up)
+    up.add_argument("--accept-new-enclave", action="store_true",
+                    help="local mode: after a code change, add the new enclave PCR0 to the local KMS key policy")
     up.set_defaults(func=cmd_up)
 
     account = sub.add_parser("account", help="manage accounts of a running clave")

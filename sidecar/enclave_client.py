@@ -57,6 +57,8 @@ class EnclaveClient:
         self._connect_lock = asyncio.Lock()
         self._max_in_flight = max_in_flight
         self._connect_timeout = connect_timeout
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
         self.connections = 0  # how many times a connection was established (for health and tests)
 
     @property
@@ -113,7 +115,7 @@ class EnclaveClient:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            writer.write(protocol.encode_frame({"id": request_id, "method": method, "params": params or {}}))
+            self._queue_frame(writer, protocol.encode_frame({"id": request_id, "method": method, "params": params or {}}))
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise EnclaveUnavailable(f"{method} timed out after {timeout:g}s") from None
@@ -132,6 +134,19 @@ class EnclaveClient:
                 raise RequestError(message, code=code)
             raise InfraError(f"enclave error: {message}")
         return reply.get("result")
+
+    def _queue_frame(self, writer: asyncio.StreamWriter, frame: bytes) -> None:
+        """Send the frames of one event-loop iteration in one write: one syscall for many requests."""
+        self._outbox.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, writer)
+
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        self._flush_scheduled = False
+        frames, self._outbox = self._outbox, []
+        if frames and not writer.is_closing():
+            writer.write(b"".join(frames))
 
     async def close(self) -> None:
         if self._reader_task is not None:

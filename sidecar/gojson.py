@@ -105,7 +105,12 @@ def loads(text: str | bytes) -> Any:
             out[key] = value
         return out
 
-    return json.loads(text, object_pairs_hook=pairs)
+    return json.loads(text, object_pairs_hook=pairs, parse_constant=_no_constants)
+
+
+def _no_constants(name: str) -> Any:
+    # Python's decoder accepts NaN, Infinity and -Infinity; Go's rejects them as invalid JSON.
+    raise ValueError(f"invalid JSON literal {name}")
 
 
 def json_kind(value: Any) -> str:

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from enclave import aio
+
 from .attestation import PcrPolicy, load_root
 from .config import SidecarConfig
 from .serve import run_sidecar, stop_event
@@ -128,7 +130,7 @@ class Child:
             self._log.close()
 
 
-async def run_up(config: SidecarConfig) -> int:
+async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> int:
     datadir = config.datadir
     logs = datadir / "logs"
     nsm_state = datadir / "nsm"
@@ -157,13 +159,18 @@ async def run_up(config: SidecarConfig) -> int:
         # The software NSM measures the installed code, so local PCR0 is real; the KMS key policy pins it.
         attestation = AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True))
         return await run_sidecar(
-            config, attestation, kms_endpoint=config.kms_endpoint, provision_locally=config.kms_key_id is None, stop=stop
+            config,
+            attestation,
+            kms_endpoint=config.kms_endpoint,
+            provision_locally=config.kms_key_id is None,
+            stop=stop,
+            repin_locally=accept_new_enclave,
         )
     finally:
         await kms.stop()
         await enclave.stop()
 
 
-def up(config: SidecarConfig) -> int:
+def up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> int:
     with datadir_lock(config.datadir):
-        return asyncio.run(run_up(config))
+        return aio.run(run_up(config, accept_new_enclave=accept_new_enclave))

@@ -11,6 +11,8 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 
+from enclave import aio
+
 from .attestation import AWS_NITRO_ROOT_G1_SHA256, AttestationDocument, PcrPolicy, load_root
 from .config import SidecarConfig
 from .kms import KmsSealing, key_policy, make_kms_client
@@ -61,6 +63,25 @@ def local_key_provisioner(kms_client: object) -> Callable[[AttestationDocument],
     return provision_key
 
 
+def local_key_repinner(kms_client: object) -> Callable[[str, AttestationDocument], Awaitable[None]]:
+    async def repin(key_id: str, doc: AttestationDocument) -> None:
+        # What an operator does in AWS after building a new EIF: add the new PCR0 to the key policy.
+        current = await asyncio.to_thread(kms_client.get_key_policy, KeyId=key_id, PolicyName="default")  # type: ignore[attr-defined]
+        policy = json.loads(current["Policy"])
+        new = doc.pcrs[0].hex()
+        for statement in policy.get("Statement", []):
+            conditions = statement.get("Condition", {}).get("StringEqualsIgnoreCase", {})
+            pinned = conditions.get("kms:RecipientAttestation:PCR0")
+            if pinned is not None:
+                values = pinned if isinstance(pinned, list) else [pinned]
+                conditions["kms:RecipientAttestation:PCR0"] = [*values, new] if new not in values else values
+        await asyncio.to_thread(
+            kms_client.put_key_policy, KeyId=key_id, PolicyName="default", Policy=json.dumps(policy)  # type: ignore[attr-defined]
+        )
+
+    return repin
+
+
 def ready_line(config: SidecarConfig, sidecar: Sidecar) -> str:
     endpoints = []
     if config.http_enabled:
@@ -79,10 +100,12 @@ async def run_sidecar(
     kms_endpoint: str | None,
     provision_locally: bool,
     stop: asyncio.Event,
+    repin_locally: bool = False,
 ) -> int:
     kms_client = make_kms_client(config.kms_region, kms_endpoint)
     provision = local_key_provisioner(kms_client) if provision_locally else None
-    sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision)
+    repin = local_key_repinner(kms_client) if repin_locally else None
+    sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision, repin_key=repin)
     try:
         await sidecar.start()
         if config.http_enabled:
@@ -129,7 +152,7 @@ def serve(config: SidecarConfig) -> int:
         )
 
     with datadir_lock(config.datadir):
-        return asyncio.run(main())
+        return aio.run(main())
 
 
 __all__ = ["AWS_NITRO_ROOT_G1_SHA256", "serve", "run_sidecar", "sd_notify"]

@@ -14,6 +14,7 @@ preimage and signs it.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -221,17 +222,63 @@ def _validator(data: Any) -> tuple[bytes, bytes]:
     return address[-20:].rjust(20, b"\0"), message
 
 
+_PY_TO_GO_CONTEXT = (
+    # json.JSONDecodeError.msg prefix → the context encoding/json's scanner names (scanner.go).
+    ("Extra data", "after top-level value"),
+    ("Expecting value", "looking for beginning of value"),
+    ("Expecting property name", "looking for beginning of object key string"),
+    ("Expecting ':' delimiter", "after object key"),
+    ("Invalid control character", "in string literal"),
+)
+
+
+def _innermost_open(text: str, end: int) -> str:
+    """The bracket ('{' or '[') still open at `end`, skipping strings."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for ch in text[:end]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append(ch)
+        elif ch in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
 def _go_json_syntax_error(text: str, exc: json.JSONDecodeError) -> str:
-    # Go's json.Unmarshal wording for the common cases; positions are not part of Go's message.
-    if not text.strip() or exc.pos >= len(text.rstrip()):
+    """Go's json.Unmarshal wording (`invalid character 'x' <context>`); Go's message has no position."""
+    if not text.strip() or exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
         return "unexpected end of JSON input"
-    ch = text[exc.pos]
+    pos = exc.pos
+    if exc.msg.startswith("Invalid \\escape"):
+        pos, context = pos + 1, "in string escape code"  # Python points at the backslash, Go past it
+    elif exc.msg.startswith("Expecting ',' delimiter"):
+        context = "after object key:value pair" if _innermost_open(text, pos) == "{" else "after array element"
+    else:
+        context = next((go for py, go in _PY_TO_GO_CONTEXT if exc.msg.startswith(py)), "in JSON input")
+    ch = text[pos] if pos < len(text) else ""
+    if not ch:
+        return "unexpected end of JSON input"
     quoted = "'\\''" if ch == "'" else "'" + go_quote(ch)[1:-1].replace('\\"', '"') + "'"
-    if exc.msg.startswith("Extra data"):
-        return f"invalid character {quoted} after top-level value"
-    if exc.msg.startswith("Expecting value"):
-        return f"invalid character {quoted} looking for beginning of value"
-    return f"invalid character {quoted} in JSON input"
+    return f"invalid character {quoted} {context}"
+
+
+def _constant_error(text: str) -> str:
+    """Go's error for the NaN / Infinity literals Python's decoder knows and Go's does not."""
+    match = re.search(r"-?(NaN|Infinity)", text)
+    if match is None:
+        return "invalid character in JSON input"
+    if match.group(0).startswith("-"):
+        return f"invalid character '{match.group(1)[0]}' in numeric literal"
+    return f"invalid character '{match.group(1)[0]}' looking for beginning of value"
 
 
 def _typed(data: Any) -> Any:
@@ -244,6 +291,8 @@ def _typed(data: Any) -> Any:
         obj = loads(text)
     except json.JSONDecodeError as exc:
         raise RequestError(_go_json_syntax_error(text, exc)) from None
+    except ValueError:  # NaN / Infinity, which Go's decoder does not accept
+        raise RequestError(_constant_error(text)) from None
     # Decoding into apitypes.TypedData (case-insensitive keys, domain fields, Go's number rules) is
     # the enclave's typed-data encoder's job, as it is for account_signTypedData's object.
     return obj

@@ -77,6 +77,7 @@ class Signer:
         *,
         kms_key_id: str | None,
         provision_key: Callable[[AttestationDocument], Any] | None = None,
+        repin_key: Callable[[str, AttestationDocument], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -85,6 +86,7 @@ class Signer:
         self.attestation = attestation
         self.kms_key_id = kms_key_id
         self.provision_key = provision_key  # local mode: create the emulator's key on first start
+        self.repin_key = repin_key  # local mode, operator's choice: admit a rebuilt enclave's PCR0
         self.clock = clock
         self.status = Status()
         self._accounts: dict[bytes, Account] = {}
@@ -153,7 +155,14 @@ class Signer:
             # Stored only after the enclave accepted it, so a failed first start leaves nothing behind.
             self.store.set_meta(META_DATA_KEY, wrapped)
         else:
-            for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
+            try:
+                for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
+            except InfraError as exc:
+                if self.repin_key is None or getattr(exc, "kms_code", "") != "AccessDeniedException":
+                    raise
+                log.warning("key policy refused this enclave build; re-pinning it as asked: %s", exc.message)
+                await self.repin_key(key_id, verified)
+                for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
             await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
 
     async def _unseal(self, records: list[StoredRecord]) -> None:

@@ -111,6 +111,7 @@ def build_sidecar(
     attestation: AttestationConfig,
     *,
     provision_key: Callable[[Any], Awaitable[str]] | None = None,
+    repin_key: Callable[[str, Any], Awaitable[None]] | None = None,
 ) -> tuple[Sidecar, web.Application]:
     metrics = Metrics()
     store = SqliteStore(config.store_path)
@@ -124,6 +125,7 @@ def build_sidecar(
         attestation,
         kms_key_id=config.kms_key_id,
         provision_key=provision_key,
+        repin_key=repin_key,
     )
     methods = build_methods(signer, config, metrics)
 

@@ -75,6 +75,14 @@ def test_changed_pcr0_is_refused_by_key_policy(tmp_path: Path) -> None:
     finally:
         clave.stop()
 
+    # The operator's way forward for a rebuilt enclave (in AWS: put-key-policy with the new PCR0).
+    accepted = ClaveProcess(datadir, env={"PYTHONPATH": str(src)}, cwd=src, extra=["--accept-new-enclave"])
+    accepted.start()
+    try:
+        assert accepted.rpc("account_list") == [address]
+    finally:
+        accepted.stop()
+
 
 def test_attest_cli(clave: ClaveProcess, tmp_path: Path) -> None:
     out = tmp_path / "doc.cbor"
