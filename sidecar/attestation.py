@@ -134,7 +134,12 @@ class AttestationDocument:
 
 
 class _CborReader:
-    """Decodes the CBOR subset an attestation document uses; `what` names the object in error messages."""
+    """Decodes the CBOR subset an attestation document uses; `what` names the object in error messages.
+
+    Why not cbor2 here (it is used everywhere else): a verifier must refuse what cbor2 accepts silently —
+    trailing bytes after the document, duplicate map keys (refused only from cbor2 6.1 on), and tags that
+    cbor2 turns into dates or decimals. This reader knows only the types a Nitro document can contain.
+    """
 
     def __init__(self, data: bytes, what: str) -> None:
         self.data = data

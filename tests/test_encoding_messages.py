@@ -141,8 +141,8 @@ def header_fields(extra: bytes, base_fee: int | None = None, more: int = 0) -> l
 def test_clique_seal_preimage(vanity: bytes, sealed: bool, base_fee: int | None) -> None:
     """Against an independent build with pyrlp: extra without its 65-byte seal, baseFee kept."""
     extra = vanity + (b"\x07" * 65 if sealed else b"")
-    # clef pads an extra shorter than the seal with 65 zero bytes; clique then drops the last 65 bytes.
-    expected_extra = extra if len(extra) < 65 else extra[:-65]
+    # clef always appends 65 zero bytes to extra; clique then drops the last 65 bytes: extra as sent.
+    expected_extra = extra
     expected = pyrlp.encode(header_fields(expected_extra, base_fee))
     assert clique_seal_preimage(pyrlp.encode(header_fields(extra, base_fee))) == expected
 
@@ -152,8 +152,10 @@ def test_clique_signature_recovers_sealer() -> None:
     unsealed = pyrlp.encode(header_fields(b"\x00" * 32))
     sig = key.sign_recoverable(clique_seal_preimage(unsealed), hasher=keccak256)
     sealed = pyrlp.encode(header_fields(b"\x00" * 32 + sig))
-    # A verifier holding the sealed header computes the same seal hash and recovers the sealer.
-    pub = PublicKey.from_signature_and_message(sig, clique_seal_preimage(sealed), hasher=keccak256)
+    # A verifier strips the seal from the sealed header, hashes what was signed and recovers the sealer.
+    stripped = pyrlp.encode(header_fields(b"\x00" * 32))
+    assert sealed != stripped
+    pub = PublicKey.from_signature_and_message(sig, clique_seal_preimage(stripped), hasher=keccak256)
     assert pub.format() == key.public_key.format()
 
 

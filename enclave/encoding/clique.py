@@ -101,8 +101,6 @@ def clique_seal_preimage(header_rlp: bytes) -> bytes:
     fields = _decode_header(header_rlp)
     if len(fields) > _BASE_FEE + 1:
         raise RequestError("unexpected withdrawal hash value in clique")
-    extra = fields[_EXTRA]
-    if len(extra) < _SEAL:
-        extra = extra + bytes(_SEAL)  # clef: "the incoming clique header is already truncated"
-    sig_fields = fields[:_EXTRA] + [extra[: len(extra) - _SEAL]] + fields[_EXTRA + 1 :]
-    return rlp.wrap_list(b"".join(rlp.encode_bytes(f) for f in sig_fields))
+    # clef (signed_data.go at eb429a062a) always appends 65 zero bytes of room for the seal, and clique's
+    # SealHash drops the last 65 bytes of extra again: the hash covers `extra` exactly as sent.
+    return rlp.wrap_list(b"".join(rlp.encode_bytes(f) for f in fields))
