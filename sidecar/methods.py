@@ -91,6 +91,24 @@ def _typed_argument(params: list[Any], index: int) -> dict[str, Any]:
     return typed
 
 
+def _gnosis_plan(safe_tx: gnosis.GnosisSafeTx, chain_ids: list[int]) -> gnosis.GnosisPlan:
+    """clef retries a mismatched safeTxHash with its one chain id; clave tries each configured chain id in
+    order, and reports the mismatch against the first, as clef would with that one."""
+    def digest_of(typed: dict[str, Any]) -> bytes:
+        return keccak(typed_data_preimage(typed))
+
+    first_error: RequestError | None = None
+    for chain_id in chain_ids:
+        try:
+            return gnosis.gnosis_prepare(safe_tx, chain_id, digest_of)
+        except RequestError as exc:
+            if safe_tx.chain_id is not None or not exc.message.startswith("mismatched safeTxHash"):
+                raise
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
 def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> dict[str, Method]:
     chain_ids = config.chain_ids
 
@@ -182,9 +200,16 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         rejection = txargs.clef_reject_message(messages)
         if rejection is not None:
             raise refuse("validation", rejection)
-        plan = gnosis.gnosis_prepare(safe_tx, chain_ids[0], lambda t: keccak(typed_data_preimage(t)))
+        plan = _gnosis_plan(safe_tx, chain_ids)
         signature, _ = await sign_message("gnosis", "sign_typed", address.address, typed_data=plan.typed_data)
         return gnosis.gnosis_result(plan.tx, _v27(signature), plan.digest, checksum(address.address))
+
+    async def rpc_modules(params: list[Any], ctx: CallContext) -> dict[str, str]:
+        # go-ethereum's rpc server answers this for every server; clef listed {"account", "rpc"}.
+        modules = {"account": "1.0", "eth": "1.0", "rpc": "1.0"}
+        if ctx.transport == "ipc":
+            modules["clave"] = "1.0"
+        return dict(sorted(modules.items()))
 
     # -- node-style eth_* --------------------------------------------------------------------------
 
@@ -198,10 +223,9 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
 
     async def eth_sign_transaction(params: list[Any], ctx: CallContext) -> dict[str, Any]:
         args = _arg(params, 0, txargs.parse_transaction_args)
-        if args.from_ is None:
-            raise RequestError("from not specified")  # geth: the zero address, which is never an account
         tx = txargs.ethapi_to_tx(args, chain_ids, fee_cap_ether=config.tx_fee_cap_wei / 10**18)
-        return await sign_tx(args.from_, tx)
+        # geth signs for args.from(), the zero address when `from` is missing: "unknown account".
+        return await sign_tx(args.from_ if args.from_ is not None else bytes(20), tx)
 
     async def eth_sign_typed_data_v4(params: list[Any], ctx: CallContext) -> str:
         address = _plain_address(params, 0)
@@ -269,6 +293,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         "account_signTypedData": Method(account_sign_typed_data, 2, 2),
         "account_ecRecover": Method(account_ec_recover, 2, 2),
         "account_signGnosisSafeTx": Method(account_sign_gnosis_safe_tx, 2, 3),
+        "rpc_modules": Method(rpc_modules),
         "eth_accounts": Method(eth_accounts),
         "eth_sign": Method(eth_sign, 2, 2),
         "eth_signTransaction": Method(eth_sign_transaction, 1, 1),

@@ -75,7 +75,10 @@ class Dispatcher:
             if not message:
                 return _dump(_error(None, INVALID_REQUEST, "empty batch")), False
             if len(message) > MAX_BATCH:
-                return _dump(_error(None, SERVER_ERROR, "batch too large")), False
+                # geth answers with a one-element batch carrying the first call's id (handler.go).
+                first = next((m.get("id") for m in message if isinstance(m, dict) and "id" in m
+                              and isinstance(m.get("method"), str)), None)
+                return _dump([_error(first, INVALID_REQUEST, "batch too large")]), False
             results = await asyncio.gather(*(self._handle_one(m, ctx) for m in message))
             replies = [r for r, _ in results if r is not None]
             infra = any(i for _, i in results)
