@@ -179,9 +179,9 @@ class EnclaveService:
         tx = params.get("tx")
         if not isinstance(tx, dict):
             raise InvalidParams("tx: expected a map")
-        transactions.check_tx(tx)
-        signature, _ = self._sign(params, transactions.signing_preimage(tx))
-        raw = transactions.encode_signed(tx, signature.y_parity, signature.r, signature.s)
+        preimage, finish = transactions.prepare(tx)
+        signature, _ = self._sign(params, preimage)
+        raw = finish(signature.y_parity, signature.r, signature.s)
         return {
             "raw": raw,
             "hash": transactions.tx_hash(raw),

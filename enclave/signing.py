@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from coincurve import PrivateKey, PublicKey
-from eth_hash.auto import keccak
+
+from .encoding.hashing import keccak256 as keccak
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 

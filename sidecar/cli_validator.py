@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import re
 import signal
@@ -22,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 PUBKEY = re.compile(r"^0xc004[0-9a-f]{128}$")
-READER_GONE_WAIT = 2.0  # seconds to wait for a reader to close before serving the next one
+# Pause between readers. A reader that is slow to close may still get the password twice ("pw\npw\n");
+# go-opera and sonic use line 0 only. No probing of the FIFO: opening and closing its write end while a
+# new reader arrives would hand that reader an empty password.
+BETWEEN_READERS = 0.1
 
 
 def read_node_password(path: str) -> str:
@@ -141,20 +143,6 @@ def make_fifo(path: Path) -> None:
         os.umask(old)
 
 
-def _wait_reader_gone(path: Path, limit: float) -> None:
-    """Wait until the reader we served closes its end, so it never gets the password twice in one read."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no reader left
-                return
-            raise
-        os.close(fd)
-        time.sleep(0.05)
-
-
 def serve_fifo(path: Path, password: str) -> int:
     """Write the password to every reader that opens the FIFO, until SIGTERM/SIGINT. Returns readers served."""
     from .serve import sd_notify
@@ -175,7 +163,7 @@ def serve_fifo(path: Path, password: str) -> int:
             finally:
                 os.close(fd)
             served += 1
-            _wait_reader_gone(path, READER_GONE_WAIT)
+            time.sleep(BETWEEN_READERS)
     except _Stop:
         return served
     finally:

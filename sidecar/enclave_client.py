@@ -39,6 +39,11 @@ class Overloaded(InfraError):
         super().__init__("signer overloaded", remedy="reduce the request rate or add capacity")
 
 
+def _expire(future: asyncio.Future[Any], message: str) -> None:
+    if not future.done():
+        future.set_exception(EnclaveUnavailable(message))
+
+
 class EnclaveClient:
     def __init__(
         self,
@@ -112,16 +117,18 @@ class EnclaveClient:
         writer = await self._ensure_connected()
         started = time.perf_counter()
         request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = future
+        # A bare timer instead of asyncio.wait_for: same effect, a fraction of the cost per call.
+        timer = loop.call_later(timeout, _expire, future, f"{method} timed out after {timeout:g}s")
         try:
             self._queue_frame(writer, protocol.encode_frame({"id": request_id, "method": method, "params": params or {}}))
-            reply = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise EnclaveUnavailable(f"{method} timed out after {timeout:g}s") from None
+            reply = await future
         except (ConnectionError, OSError) as exc:
             raise EnclaveUnavailable(f"write failed: {exc}") from None
         finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
             if self._observe is not None:
                 self._observe(method, time.perf_counter() - started)

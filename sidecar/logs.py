@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(getattr(record, "fields", {}))
+        entry.update(getattr(record, "fields", None) or {})
         return json.dumps(entry, separators=(",", ":"))
 
 

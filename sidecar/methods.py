@@ -11,9 +11,8 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from eth_hash.auto import keccak
-
 from enclave.encoding.clique import clique_seal_preimage
+from enclave.encoding.hashing import keccak256 as keccak
 from enclave.encoding.messages import validator_message
 from enclave.encoding.txjson import geth_tx_json
 from enclave.encoding.typed_data import TypedDataDecodeError, typed_data_preimage
@@ -122,7 +121,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         metrics.signatures.labels(f"tx{tx['type']}").inc()
         return {
             "raw": _hex(result["raw"]),
-            "tx": geth_tx_json(tx, result["y_parity"], result["r"], result["s"], result["hash"]),
+            "tx": geth_tx_json(tx, result["y_parity"], result["r"], result["s"], result["hash"], checked=True),
         }
 
     def refuse(reason: str, message: str) -> RequestError:

@@ -115,9 +115,15 @@ def build_sidecar(
 ) -> tuple[Sidecar, web.Application]:
     metrics = Metrics()
     store = SqliteStore(config.store_path)
-    client = EnclaveClient(
-        parse_address(config.enclave), observe=lambda call, s: metrics.enclave_seconds.labels(call).observe(s)
-    )
+    roundtrips: dict[str, Any] = {}
+
+    def observe_enclave(call: str, seconds: float) -> None:
+        child = roundtrips.get(call)
+        if child is None:
+            child = roundtrips[call] = metrics.enclave_seconds.labels(call)
+        child.observe(seconds)
+
+    client = EnclaveClient(parse_address(config.enclave), observe=observe_enclave)
     signer = Signer(
         client,
         MeteredStore(store, metrics),  # type: ignore[arg-type]
@@ -129,27 +135,31 @@ def build_sidecar(
     )
     methods = build_methods(signer, config, metrics)
 
+    series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
+
     def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:
         known = method if method in methods else "unknown"
-        metrics.requests.labels(known, outcome).inc()
-        metrics.request_seconds.labels(known).observe(seconds)
-        request_log.info(
-            "%s account=%s outcome=%s latency_ms=%.2f transport=%s",
-            known,
-            account_of(method, params),
-            outcome,
-            seconds * 1000,
-            ctx.transport,
-            extra={
-                "fields": {
-                    "method": known,
-                    "account": account_of(method, params),
-                    "outcome": outcome,
-                    "latency_ms": round(seconds * 1000, 3),
-                    "transport": ctx.transport,
-                }
-            },
-        )
+        children = series.get((known, outcome))
+        if children is None:
+            children = series[(known, outcome)] = (
+                metrics.requests.labels(known, outcome),
+                metrics.request_seconds.labels(known),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+        if request_log.isEnabledFor(logging.INFO):
+            account = account_of(method, params)
+            fields = (
+                {"method": known, "account": account, "outcome": outcome,
+                 "latency_ms": round(seconds * 1000, 3), "transport": ctx.transport}
+                if config.log_json
+                else None
+            )
+            request_log.info(
+                "%s account=%s outcome=%s latency_ms=%.2f transport=%s",
+                known, account, outcome, seconds * 1000, ctx.transport,
+                extra={"fields": fields} if fields else None,
+            )
 
     dispatcher = Dispatcher(methods, observer=observe)
     ipc = IpcServer(config.ipc_socket, dispatcher)

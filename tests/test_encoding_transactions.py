@@ -671,3 +671,23 @@ def test_anvil_accepts_raw_transactions(anvil: Any, t: int) -> None:
     if t == 4:
         code = anvil.rpc("eth_getCode", to_checksum_address(authority_address), "latest")
         assert code == "0xef0100" + delegate.hex()
+
+
+@settings(max_examples=200, deadline=None)
+@given(tx=transactions())
+def test_prepare_equals_preimage_and_encode_signed(tx: dict[str, Any]) -> None:
+    from enclave.encoding.transactions import prepare
+
+    preimage, finish = prepare(tx)
+    assert preimage == signing_preimage(tx)
+    y, r, s = sign(preimage)
+    assert finish(y, r, s) == encode_signed(tx, y, r, s)
+
+
+@given(st.binary(max_size=300))
+def test_keccak_backends_agree(data: bytes) -> None:
+    from Crypto.Hash import keccak
+
+    from enclave.encoding.hashing import keccak256
+
+    assert keccak256(data) == keccak.new(digest_bits=256, data=data).digest()

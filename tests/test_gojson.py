@@ -273,3 +273,12 @@ def test_lengths_are_counted_in_utf8_bytes_like_go():
         _err(decode_bytes, "0xé")
         == "json: cannot unmarshal invalid hex string into Go value of type hexutil.Bytes"
     )
+
+
+@given(st.binary(min_size=20, max_size=20))
+def test_checksum_matches_eth_utils(address: bytes) -> None:
+    from eth_utils import to_checksum_address
+
+    from sidecar.gojson import checksum
+
+    assert checksum(address) == to_checksum_address(address)

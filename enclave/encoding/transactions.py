@@ -10,7 +10,7 @@ the way geth does, and a parser bug in front of it must surface as a refusal, no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from enclave.errors import RequestError
@@ -248,6 +248,30 @@ def encode_signed(tx: Mapping[str, Any], y_parity: int, r: int, s: int) -> bytes
     if t == LEGACY:
         return wrap_list(_legacy_head(tx) + encode_uint(legacy_v(tx["chainId"], y_parity)) + sig)
     return bytes((t,)) + wrap_list(_typed_fields(tx) + encode_uint(y_parity) + sig)
+
+
+def prepare(tx: Mapping[str, Any]) -> tuple[bytes, Callable[[int, int, int], bytes]]:
+    """Check once and encode the fields once: the preimage to sign, and a function that completes the
+    raw signed transaction. The signing hot path; equal to `signing_preimage` + `encode_signed`."""
+    check_tx(tx)
+    t = tx["type"]
+    if t == LEGACY:
+        head = _legacy_head(tx)
+        preimage = wrap_list(head + encode_uint(tx["chainId"]) + b"\x80\x80")
+
+        def finish_legacy(y_parity: int, r: int, s: int) -> bytes:
+            _check_signature(y_parity, r, s)
+            return wrap_list(head + encode_uint(legacy_v(tx["chainId"], y_parity)) + encode_uint(r) + encode_uint(s))
+
+        return preimage, finish_legacy
+    fields = _typed_fields(tx)
+    prefix = bytes((t,))
+
+    def finish_typed(y_parity: int, r: int, s: int) -> bytes:
+        _check_signature(y_parity, r, s)
+        return prefix + wrap_list(fields + encode_uint(y_parity) + encode_uint(r) + encode_uint(s))
+
+    return prefix + wrap_list(fields), finish_typed
 
 
 def tx_hash(raw: bytes) -> bytes:
