@@ -13,6 +13,7 @@ once ("hard") while a plain type mismatch is remembered and reported after the r
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -98,19 +99,27 @@ def loads(text: str | bytes) -> Any:
     `json.loads` would keep the first key's position and break that rule for exact duplicates.
     """
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            out.pop(key, None)
-            out[key] = value
-        return out
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")  # json.loads would also accept UTF-16/32; JSON-RPC bodies are UTF-8
+    return _DECODER.decode(text)
 
-    return json.loads(text, object_pairs_hook=pairs, parse_constant=_no_constants)
+
+def _last_key_wins(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(items) == len({key for key, _ in items}):
+        return dict(items)  # no duplicate keys: the common case, built in C
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.pop(key, None)
+        out[key] = value
+    return out
 
 
 def _no_constants(name: str) -> Any:
     # Python's decoder accepts NaN, Infinity and -Infinity; Go's rejects them as invalid JSON.
     raise ValueError(f"invalid JSON literal {name}")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_last_key_wins, parse_constant=_no_constants)
 
 
 def json_kind(value: Any) -> str:
@@ -375,6 +384,7 @@ def hexutil_decode(text: str) -> bytes:
 # --- common.MixedcaseAddress ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)  # recipients repeat (contracts), and this runs for every `to`
 def checksum(address: bytes) -> str:
     """EIP-55 form, as `common.Address.Hex()`.
 
