@@ -6,7 +6,7 @@ TOOLS := .tools
 FOUNDRY_VERSION ?= 1.7.1
 ARGS ?=
 
-.PHONY: up test install install-test tools lint bench clean
+.PHONY: up test install install-test tools system-deps lint bench clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,ops]'
 	touch $@
+
+# The ops tests run `systemd-analyze verify` on the rendered units: Debian's systemd package provides it.
+system-deps:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; \
+		else echo "systemd-analyze missing: install Debian's systemd package (sudo apt-get install systemd)"; fi; }
 
 $(TOOLS)/node_modules/.bin/cast:
 	mkdir -p $(TOOLS)
@@ -25,7 +31,7 @@ $(TOOLS)/node_modules/.bin/cast:
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed-test tools
+install-test: $(VENV)/.installed-test tools system-deps
 
 tools: $(TOOLS)/node_modules/.bin/cast
 
@@ -40,6 +46,21 @@ test: install-test
 lint: install-test
 	$(VENV)/bin/ruff check sidecar enclave tests
 	$(VENV)/bin/mypy sidecar enclave
+
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+# Benchmark (issue 6, docs/performance.md): installs the bench extra, anvil (npm) and Debian's wrk (apt-get,
+# only when run as root; otherwise it says how), then runs bench/run.py with defaults (about 5-10 minutes)
+# and rewrites docs/performance.md. Extra options: make bench BENCH_ARGS="--soak 10".
+BENCH_ARGS ?=
+bench: $(VENV)/.installed-bench tools
+	@command -v wrk >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
+		else echo "bench: wrk is not installed and this is not root: run 'sudo apt-get install wrk';" \
+			"without it the HTTP rows come from the Python generator only"; fi; }
+	$(PY) bench/run.py --docs docs/performance.md --command "$(strip make bench $(BENCH_ARGS))" $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cli_validator import add_validator_commands
 from .config import (
     DEFAULT_DATADIR,
     DEFAULT_HTTP_ADDR,
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     for index in (0, 1, 2, 3, 4, 8):
         pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
     pol.set_defaults(func=cmd_kms_policy)
+    add_validator_commands(sub)
     return parser
 
 

@@ -32,6 +32,7 @@ from .gojson import (
 from .metrics import Metrics
 from .rpc import CallContext, Method
 from .signer import Signer
+from .validator import validator_methods
 
 EXTERNAL_API_VERSION = "6.1.0"
 
@@ -302,6 +303,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         "clave_newAccount": Method(clave_new_account, 0, 1),
         "clave_importKeyfile": Method(clave_import_keyfile, 1, 2),
         "clave_exportKeyfile": Method(clave_export_keyfile, 2, 2),
+        **validator_methods(signer),
     }
 
 
