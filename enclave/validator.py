@@ -5,7 +5,7 @@ go-opera and sonic sign consensus events with a key they load themselves from
 patch. So for validators clave gives provenance, a KMS-sealed backup and password custody, not key
 isolation: the key is generated here, sealed under the master data key, and leaves the enclave only as
 go-opera's keyfile, encrypted with a password the operator sent in an envelope. The node then holds the
-plaintext key in memory for its whole life (docs/operate.md says so plainly).
+plaintext key in memory for its whole life (README "Operate" says so plainly).
 
 Validator records are deliberately not account records. Their origin, "validator", is not in
 `sealing.ORIGINS`, so `EnclaveService.unseal` (the account path) refuses them: a validator key can never

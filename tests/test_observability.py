@@ -79,3 +79,14 @@ def test_json_log_lines(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in proc.output if line.startswith("{")]
     request = [e for e in entries if e.get("method") == "account_version"]
     assert request and request[0]["outcome"] == "ok" and "latency_ms" in request[0]
+
+
+def test_dashboard_and_alerts_use_real_metric_names(clave: ClaveProcess) -> None:
+    from tests.conftest import ROOT
+
+    served = {family.name for family in text_string_to_metric_families(_get(clave.url + "/metrics")[1])}
+    served |= {f"{name}_total" for name in served} | {f"{name}_bucket" for name in served}
+    text = (ROOT / "monitoring" / "grafana-dashboard.json").read_text()
+    text += (ROOT / "monitoring" / "clave-alerts.yml").read_text()
+    used = set(re.findall(r"\bclave_[a-z_]+", text))
+    assert used and used <= served, f"unknown metrics: {used - served}"
