@@ -19,11 +19,19 @@ from .config import (
     parse_chain_ids,
     parse_pcr,
 )
+from .secretfiles import write_new_private
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datadir", default=str(DEFAULT_DATADIR), help="data directory (default ~/.clave)")
     parser.add_argument("--ipcpath", default=None, help="IPC socket path (default <datadir>/clave.ipc)")
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """Options of commands that talk to a running clave and send it secrets (after attesting it)."""
+    _add_common(parser)
+    parser.add_argument("--attestation-root", default=None, help="PEM of the attestation root to trust")
+    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="require this PCR value")
 
 
 def _add_server(parser: argparse.ArgumentParser) -> None:
@@ -294,7 +302,7 @@ def cmd_account_export(args: argparse.Namespace) -> int:
         raise SystemExit(f"clave: {args.password_file}: the export password is empty")
     out = Path(args.out)
     if out.exists():
-        raise SystemExit(f"clave: {out}: already exists; refusing to overwrite")
+        raise SystemExit(f"clave: {out}: already exists; refusing to overwrite")  # before asking the enclave
     with _with_client(args) as client:
         public_key = _attested_public_key(client, args)
         envelope = seal_to(public_key, {"password": password})
@@ -302,11 +310,7 @@ def cmd_account_export(args: argparse.Namespace) -> int:
             keyfile = client.call("clave_exportKeyfile", args.address, "0x" + envelope.hex())
         except RpcCallError as exc:
             raise SystemExit(f"clave: export {args.address}: {exc.message}") from None
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(keyfile)
-    os.replace(tmp, out)
+    write_new_private(out, keyfile)
     print(f"Exported {args.address} to {out}")
     return 0
 
@@ -326,9 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def account_parser(name: str, help_: str) -> argparse.ArgumentParser:
         p = acc.add_parser(name, help=help_)
-        _add_common(p)
-        p.add_argument("--attestation-root", default=None, help="PEM of the attestation root to trust")
-        p.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="require this PCR value")
+        add_client_options(p)
         return p
 
     new = account_parser("new", "generate a key inside the enclave")

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .secretfiles import write_new_private
+
 PUBKEY = re.compile(r"^0xc004[0-9a-f]{128}$")
 # Pause between readers. A reader that is slow to close may still get the password twice ("pw\npw\n");
 # go-opera and sonic use line 0 only. No probing of the FIFO: opening and closing its write end while a
@@ -48,27 +50,8 @@ def write_keyfile(directory: Path, pubkey: str, keyfile: str) -> Path:
     if not PUBKEY.match(pubkey):
         raise SystemExit(f"clave: the enclave returned a malformed validator public key {pubkey!r}")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = directory / pubkey[2:]
-    if target.exists():
-        # go-opera's FileKeystore.Add refuses too (ErrAlreadyExists); never overwrite a validator key.
-        raise SystemExit(f"clave: {target}: key already exists")
-    tmp = directory / f".{target.name[:16]}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(keyfile)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
+    # go-opera's FileKeystore.Add refuses an existing key too (ErrAlreadyExists): never overwrite one.
+    return write_new_private(directory / pubkey[2:], keyfile)
 
 
 def _sealed_password(client: Any, args: argparse.Namespace, password: str) -> str:
@@ -185,16 +168,14 @@ def cmd_validator_password_fifo(args: argparse.Namespace) -> int:
 
 def add_validator_commands(subparsers: Any) -> None:
     """Add `clave validator …` to the `clave` parser's subcommands."""
-    from .cli import _add_common
+    from .cli import add_client_options
 
     validator = subparsers.add_parser("validator", help="go-opera / sonic validator keys made in the enclave")
     sub = validator.add_subparsers(dest="validator_command", required=True)
 
     def with_client(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
-        _add_common(p)
-        p.add_argument("--attestation-root", default=None, help="PEM of the attestation root to trust")
-        p.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="require this PCR value")
+        add_client_options(p)
         p.add_argument("--keystore", required=True, help="the node's keystore dir; the key goes to DIR/validator/")
         p.add_argument("--password-file", required=True, help="password for the keyfile (first line)")
         return p
