@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import aio
+from . import aio, kdf_pool
 from .server import FrameServer
 from .service import EnclaveService
 from .transport import parse_address, start_server
@@ -37,6 +37,7 @@ async def serve(listen: str, nsm_kind: str, nsm_state: str | None) -> None:
     print(f"enclave listening {listen}", flush=True)
     async with server:
         await stop.wait()
+    kdf_pool.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from . import __version__
+from . import __version__, kdf_pool
 from .encoding import clique, messages, transactions, typed_data
 from .envelope import open_envelope
 from .errors import ClaveError, InvalidParams, RequestError
@@ -148,7 +148,7 @@ class EnclaveService:
         if not isinstance(keyfile, str) or not isinstance(password, str):
             raise InvalidParams("envelope must carry keyfile and password strings")
         self._master()
-        secret = decrypt_keyfile(keyfile, password)
+        secret = kdf_pool.run(decrypt_keyfile, keyfile, password)
         _, record = self._seal_new(secret, "imported", bool(params.get("exportable", False)))
         return {"record": record}
 
@@ -160,7 +160,7 @@ class EnclaveService:
             raise InvalidParams("envelope must carry a non-empty password")
         if not key.exportable:
             raise RequestError("account is not exportable: it was created or imported without --exportable")
-        return {"keyfile": json.dumps(encrypt_keyfile(key.secret, password))}
+        return {"keyfile": json.dumps(kdf_pool.run(encrypt_keyfile, key.secret, password))}
 
     def accounts(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"addresses": [k.address for k in self._keys]}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -269,25 +271,37 @@ def cmd_account_import(args: argparse.Namespace) -> int:
     source = Path(args.path)
     if not source.exists():
         raise SystemExit(f"clave: {source}: no such file or directory")
-    failures = imported = 0
     with _with_client(args) as client:
         public_key = _attested_public_key(client, args)
-        for candidate in scan(source):
-            if candidate.skipped:
-                continue
-            if candidate.problem is not None or candidate.text is None:
-                print(f"clave: {candidate.path}: skipped: {candidate.problem}", file=sys.stderr)
+    candidates = [c for c in scan(source) if not c.skipped]
+    failures = 0
+    for candidate in candidates:
+        if candidate.problem is not None or candidate.text is None:
+            print(f"clave: {candidate.path}: skipped: {candidate.problem}", file=sys.stderr)
+            failures += 1
+    good = [c for c in candidates if c.problem is None and c.text is not None]
+    local = threading.local()
+
+    def import_one(candidate: Any) -> tuple[Any, str | None, str | None]:
+        # One IPC connection per worker: the enclave decrypts concurrent imports on all its cores.
+        if not hasattr(local, "client"):
+            local.client = _with_client(args)
+        envelope = seal_to(public_key, {"keyfile": candidate.text, "password": password})
+        try:
+            return candidate, local.client.call("clave_importKeyfile", "0x" + envelope.hex(), bool(args.exportable)), None
+        except RpcCallError as exc:
+            return candidate, None, exc.message
+
+    imported = 0
+    jobs = max(1, args.jobs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for candidate, address, error in pool.map(import_one, good):
+            if error is not None:
+                print(f"clave: {candidate.path}: {error}", file=sys.stderr)
                 failures += 1
-                continue
-            envelope = seal_to(public_key, {"keyfile": candidate.text, "password": password})
-            try:
-                address = client.call("clave_importKeyfile", "0x" + envelope.hex(), bool(args.exportable))
-            except RpcCallError as exc:
-                print(f"clave: {candidate.path}: {exc.message}", file=sys.stderr)
-                failures += 1
-                continue
-            imported += 1
-            print(f"Imported {address} from {candidate.path}")
+            else:
+                imported += 1
+                print(f"Imported {address} from {candidate.path}")
     print(f"{imported} imported, {failures} failed", file=sys.stderr)
     return 1 if failures or not imported else 0
 
@@ -343,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     imp.add_argument("--password-file", required=True)
     imp.add_argument("--exportable", action="store_true")
+    imp.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                     help="keyfiles decrypted at once in the enclave (default: the number of cores)")
     imp.set_defaults(func=cmd_account_import)
     exp = account_parser("export", "export an exportable account as a V3 keyfile")
     exp.add_argument("address")
