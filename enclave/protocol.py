@@ -56,6 +56,36 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
         raise FrameError("stream ended inside a frame") from None
 
 
+class FrameSplitter:
+    """Cuts a byte stream into frame bodies: every complete frame of a read at once, one await per read
+    instead of two per frame (the stream-reader way), which is most of the framing cost under load."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        bodies = []
+        start = 0
+        while len(buffer) - start >= _LEN.size:
+            (length,) = _LEN.unpack_from(buffer, start)
+            if length > MAX_FRAME:
+                raise FrameError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+            end = start + _LEN.size + length
+            if len(buffer) < end:
+                break
+            bodies.append(bytes(buffer[start + _LEN.size : end]))
+            start = end
+        del buffer[:start]
+        return bodies
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame still waiting for the rest."""
+        return len(self._buffer)
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     try:
         message = cbor2.loads(body)

@@ -28,33 +28,36 @@ class FrameServer:
         out = FrameBatcher(writer)
         in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
+        splitter = protocol.FrameSplitter()
         try:
             while True:
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
                 try:
-                    body = await protocol.read_frame(reader)
+                    bodies = splitter.feed(data)
                 except protocol.FrameError as exc:
                     # The stream is out of sync; tell the peer why, then drop the connection.
                     out.send(protocol.error_reply(None, protocol.E_TOO_LARGE, str(exc)))
                     await out.flush_now()
                     break
-                if body is None:
-                    break
-                try:
-                    request = protocol.decode_body(body)
-                except protocol.FrameError as exc:
-                    out.send(protocol.error_reply(None, protocol.E_MALFORMED, str(exc)))
-                    continue
+                for body in bodies:
+                    try:
+                        request = protocol.decode_body(body)
+                    except protocol.FrameError as exc:
+                        out.send(protocol.error_reply(None, protocol.E_MALFORMED, str(exc)))
+                        continue
+                    method = request.get("method")
+                    if method not in SLOW_METHODS and isinstance(method, str):
+                        # Signing takes tens of microseconds: answer inline, no task, no scheduling round.
+                        out.send(self._dispatch_inline(request))
+                        continue
+                    await in_flight.acquire()
+                    task = asyncio.create_task(self._serve(request, out, in_flight))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
                 if out.backlogged():
                     await writer.drain()  # the peer reads slower than we answer: stop reading for a while
-                method = request.get("method")
-                if method not in SLOW_METHODS and isinstance(method, str):
-                    # Signing takes tens of microseconds: answer inline, no task, no scheduling round.
-                    out.send(self._dispatch_inline(request))
-                    continue
-                await in_flight.acquire()
-                task = asyncio.create_task(self._serve(request, out, in_flight))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:

@@ -87,17 +87,19 @@ class EnclaveClient:
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         reason = "connection closed"
+        splitter = protocol.FrameSplitter()
         try:
             while True:
-                body = await protocol.read_frame(reader)
-                if body is None:
+                data = await reader.read(1 << 16)
+                if not data:
                     break
-                reply = protocol.decode_body(body)
-                future = self._pending.pop(reply.get("id"), None)  # type: ignore[arg-type]
-                if future is not None and not future.done():
-                    future.set_result(reply)
-                elif reply.get("id") is None and "error" in reply:
-                    reason = f"enclave dropped the connection: {reply['error'].get('message')}"
+                for body in splitter.feed(data):
+                    reply = protocol.decode_body(body)
+                    future = self._pending.pop(reply.get("id"), None)  # type: ignore[arg-type]
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+                    elif reply.get("id") is None and "error" in reply:
+                        reason = f"enclave dropped the connection: {reply['error'].get('message')}"
         except (protocol.FrameError, ConnectionError, OSError) as exc:
             reason = f"connection lost: {exc}"
         except asyncio.CancelledError:

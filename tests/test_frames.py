@@ -10,6 +10,8 @@ from pathlib import Path
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enclave import protocol
 from enclave.nitro.soft_nsm import SoftwareNsm
@@ -120,3 +122,23 @@ def test_frame_encoding_limits() -> None:
         protocol.encode_frame({"blob": b"\0" * (protocol.MAX_FRAME + 1)})
     with pytest.raises(protocol.FrameError):
         protocol.decode_body(cbor2.dumps([1, 2, 3]))
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20), st.lists(st.integers(1, 64), min_size=1, max_size=50))
+def test_splitter_reassembles_any_chunking(bodies: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(struct.pack(">I", len(b)) + b for b in bodies)
+    splitter = protocol.FrameSplitter()
+    got: list[bytes] = []
+    position, i = 0, 0
+    while position < len(stream):
+        step = cuts[i % len(cuts)]
+        got += splitter.feed(stream[position : position + step])
+        position, i = position + step, i + 1
+    assert got == bodies and splitter.pending == 0
+
+
+def test_splitter_refuses_oversized_length_before_the_body_arrives() -> None:
+    splitter = protocol.FrameSplitter()
+    with pytest.raises(protocol.FrameError):
+        splitter.feed(struct.pack(">I", protocol.MAX_FRAME + 1)[:3] + b"")
+        splitter.feed(struct.pack(">I", protocol.MAX_FRAME + 1)[3:])
