@@ -10,6 +10,7 @@ import logging.handlers
 import queue
 import re
 import sys
+import threading
 import time
 from typing import Any
 
@@ -39,16 +40,65 @@ class _DeferredQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
+class TextFormatter(logging.Formatter):
+    """`2026-11-21 20:00:00,123 INFO name message`, with the date part rendered once per second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._prefix = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        line = f"{self._prefix},{int(record.msecs):03d} {record.levelname} {record.name} {record.getMessage()}"
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+class _BatchWriter(threading.Thread):
+    """Formats and writes queued records, all that have piled up in one write() and one flush().
+
+    At thousands of requests a second, a write and a flush per line cost the sidecar more than the
+    request itself; batching turns them into one system call per burst.
+    """
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], formatter: logging.Formatter) -> None:
+        super().__init__(name="clave-log-writer", daemon=True)
+        self.records = records
+        self.formatter = formatter
+
+    def run(self) -> None:
+        while True:
+            record = self.records.get()
+            batch = [record]
+            while len(batch) < 1024:
+                try:
+                    batch.append(self.records.get_nowait())
+                except queue.Empty:
+                    break
+            lines = [self.formatter.format(r) for r in batch if r is not None]
+            if lines:
+                try:
+                    sys.stderr.write("\n".join(lines) + "\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass  # stderr closed: nothing sensible left to do with a log line
+            if None in batch:
+                return
+
+    def stop(self) -> None:
+        self.records.put(None)
+        self.join(timeout=5)
+
+
 def setup_logging(json_lines: bool, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if json_lines:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
-    listener.start()
-    atexit.register(listener.stop)  # drains what is queued before the process exits
+    records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+    writer = _BatchWriter(records, JsonFormatter() if json_lines else TextFormatter())
+    writer.start()
+    atexit.register(writer.stop)  # drains what is queued before the process exits
     root = logging.getLogger()
     root.handlers[:] = [_DeferredQueueHandler(records)]
     root.setLevel(level)

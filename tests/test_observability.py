@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -63,7 +64,12 @@ def test_upcheck_healthz_metrics(clave: ClaveProcess) -> None:
 def test_request_log_lines(clave: ClaveProcess) -> None:
     address = clave.rpc("account_new")
     clave.rpc("eth_sign", address, "0x5eedf00d5eedf00d")
-    lines = [line for line in clave.logs().splitlines() if "clave.request eth_sign" in line and address in line]
+    deadline = time.monotonic() + 5  # log lines are written by a background thread
+    while True:
+        lines = [line for line in clave.logs().splitlines() if "clave.request eth_sign" in line and address in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert lines, "one log line per request, naming method and account"
     assert re.search(r"outcome=ok latency_ms=\d+\.\d+ transport=http", lines[-1])
     assert "5eedf00d" not in clave.logs()  # payloads are never logged
