@@ -23,12 +23,12 @@ def decrypt_keyfile(keyfile_text: str, password: str) -> bytes:
         keyfile = json.loads(keyfile_text)
     except ValueError:
         raise RequestError("keyfile is not valid JSON") from None
-    if not isinstance(keyfile, dict) or not isinstance(keyfile.get("crypto", keyfile.get("Crypto")), dict):
+    crypto = keyfile.get("crypto", keyfile.get("Crypto")) if isinstance(keyfile, dict) else None
+    if not isinstance(crypto, dict):
         raise RequestError("keyfile has no crypto section")
     version = keyfile.get("version")
     if version != 3:
         raise RequestError(f"version not supported: {version}")
-    crypto = keyfile.get("crypto") or keyfile.get("Crypto")
     if crypto.get("cipher") != "aes-128-ctr":
         raise RequestError(f"cipher not supported: {crypto.get('cipher')}")
     if crypto.get("kdf") not in ("scrypt", "pbkdf2"):

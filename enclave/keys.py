@@ -59,7 +59,7 @@ def generate_secrets(hardware_random: RandomSource, count: int) -> list[bytes]:
     costing one NSM round trip per key.
     """
     seed = hardware_random(32)
-    out = []
+    out: list[bytes] = []
     counter = 0
     while len(out) < count:
         counter += 1

@@ -31,7 +31,7 @@ class StoredRecord:
     @classmethod
     def from_sealed(cls, record: dict[str, object]) -> StoredRecord:
         return cls(
-            address=bytes(record["address"]),  # type: ignore[arg-type]
+            address=bytes(record["address"]),  # type: ignore[call-overload]
             origin=str(record["origin"]),
             exportable=bool(record["exportable"]),
             created=int(record["created"]),  # type: ignore[call-overload]

@@ -91,7 +91,7 @@ class Sidecar:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.http_addr, self.config.http_port, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr,attr-defined]
         port = sockets[0].getsockname()[1] if sockets else self.config.http_port
         host = self.config.http_addr if ":" not in self.config.http_addr else f"[{self.config.http_addr}]"
         self.http_url = f"http://{host}:{port}"
