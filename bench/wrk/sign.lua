@@ -18,7 +18,9 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local kind, addresses, chain_hex, counter, base, ok, bad, bad_sample
+local kind, addresses, chain_hex, counter, base
+-- globals, so that done() can read them from each thread with thread:get()
+ok, bad, bad_sample = 0, 0, ""
 
 local methods = {
   tx = "account_signTransaction",
