@@ -175,8 +175,8 @@ def field(obj: Any, name: str) -> Any:
 
 
 FieldDecoder = Callable[[Any], Any]
-# Folded field names per field table. The tables are module-level constants, so their ids are stable.
-_FOLDED: dict[int, dict[str, str]] = {}
+# Folded field names per field table (normally module-level constants), by identity.
+_FOLDED: dict[int, tuple[Mapping[str, Any], dict[str, str]]] = {}
 
 
 def decode_struct(obj: Any, fields: Mapping[str, FieldDecoder], struct: str, go_type: str) -> dict[str, Any]:
@@ -189,9 +189,14 @@ def decode_struct(obj: Any, fields: Mapping[str, FieldDecoder], struct: str, go_
         return {}
     if not isinstance(obj, Mapping):
         raise GoJSONError(value=json_kind(obj), go_type=go_type, hard=False)
-    folded = _FOLDED.get(id(fields))
-    if folded is None:
-        folded = _FOLDED[id(fields)] = {_fold(name): name for name in fields}
+    cached = _FOLDED.get(id(fields))
+    if cached is not None and cached[0] is fields:
+        folded = cached[1]
+    else:
+        folded = {_fold(name): name for name in fields}
+        if len(_FOLDED) < 256:  # field tables are module constants; never let a stray table grow this
+            # The table itself is kept alive with its folding, so its id can never be reused by another.
+            _FOLDED[id(fields)] = (fields, folded)
     out: dict[str, Any] = {}
     saved: GoJSONError | None = None
     for key, value in obj.items():

@@ -72,10 +72,12 @@ class ValidationMessage:
 # --- shared field decoders ---------------------------------------------------------------------------
 
 
+_ACCESS_TUPLE_FIELDS = {"address": pointer(decode_address), "storageKeys": slice_of(decode_hash, "[]common.Hash")}
+
+
 def _access_tuple(value: Any) -> tuple[bytes, list[bytes]]:
     # types.AccessTuple has a gencodec UnmarshalJSON: both fields are required.
-    fields = {"address": pointer(decode_address), "storageKeys": slice_of(decode_hash, "[]common.Hash")}
-    got = decode_struct(value, fields, "AccessTuple", "types.AccessTuple")
+    got = decode_struct(value, _ACCESS_TUPLE_FIELDS, "AccessTuple", "types.AccessTuple")
     if got.get("address") is None:
         raise GoJSONError("missing required field 'address' for AccessTuple")
     if got.get("storageKeys") is None:
@@ -378,16 +380,19 @@ class TransactionArgs:
     authorization_list: list[dict[str, Any]] | None = None
 
 
+_AUTHORIZATION_FIELDS = {
+    "chainId": pointer(decode_u256),
+    "address": pointer(decode_address),
+    "nonce": pointer(decode_uint64),
+    "yParity": pointer(decode_uint64),
+    "r": pointer(decode_u256),
+    "s": pointer(decode_u256),
+}
+
+
 def _authorization(value: Any) -> dict[str, Any]:
     # types.SetCodeAuthorization's gencodec UnmarshalJSON: every field required.
-    fields = {
-        "chainId": pointer(decode_u256),
-        "address": pointer(decode_address),
-        "nonce": pointer(decode_uint64),
-        "yParity": pointer(decode_uint64),
-        "r": pointer(decode_u256),
-        "s": pointer(decode_u256),
-    }
+    fields = _AUTHORIZATION_FIELDS
     got = decode_struct(value, fields, "SetCodeAuthorization", "types.SetCodeAuthorization")
     for name in fields:
         if got.get(name) is None:

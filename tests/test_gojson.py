@@ -282,3 +282,13 @@ def test_checksum_matches_eth_utils(address: bytes) -> None:
     from sidecar.gojson import checksum
 
     assert checksum(address) == to_checksum_address(address)
+
+
+def test_decode_struct_with_short_lived_field_tables() -> None:
+    """Field tables built per call must never be mistaken for one another (ids of dead dicts recur)."""
+    from sidecar.gojson import decode_struct, decode_uint64, pointer
+
+    for i in range(200):
+        name = f"field{i % 7}"
+        got = decode_struct({name: "0x1"}, {name: pointer(decode_uint64)}, "S", "T")
+        assert got == {name: 1}
