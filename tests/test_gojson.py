@@ -285,10 +285,14 @@ def test_checksum_matches_eth_utils(address: bytes) -> None:
 
 
 def test_decode_struct_with_short_lived_field_tables() -> None:
-    """Field tables built per call must never be mistaken for one another (ids of dead dicts recur)."""
+    """Field tables built per call must never be mistaken for one another: CPython hands a freed dict's
+    id to the next dict, so a cache keyed by id alone mixes them up (it once lost `chainId`)."""
     from sidecar.gojson import decode_struct, decode_uint64, pointer
 
-    for i in range(200):
-        name = f"field{i % 7}"
-        got = decode_struct({name: "0x1"}, {name: pointer(decode_uint64)}, "S", "T")
-        assert got == {name: 1}
+    def decode_with_fresh_table(names: list[str]) -> dict[str, int]:
+        table = {name: pointer(decode_uint64) for name in names}
+        return decode_struct({name: "0x1" for name in names}, table, "S", "T")
+
+    for _ in range(50):
+        assert decode_with_fresh_table(["address", "storageKeys"]) == {"address": 1, "storageKeys": 1}
+        assert decode_with_fresh_table(["chainId", "nonce", "r", "s"]) == {"chainId": 1, "nonce": 1, "r": 1, "s": 1}
