@@ -144,17 +144,13 @@ def cmd_attest(args: argparse.Namespace) -> int:
 def _verify_document(document: bytes, args: argparse.Namespace, *, nonce: bytes | None, at_ms: int):  # type: ignore[no-untyped-def]
     from .attestation import AWS_NITRO_ROOT_G1_SHA256, PcrPolicy, load_root, verify_attestation
 
-    if args.root:
-        root_path = Path(args.root)
-        fingerprint = None
-    else:
-        root_path = Path(os.path.expanduser(args.datadir)).absolute() / "nsm" / "root.pem"
-        fingerprint = None
-        if not root_path.exists():
-            raise SystemExit("clave: pass --root PEM (the AWS Nitro Enclaves Root-G1 certificate)")
-    root = load_root(root_path.read_bytes(), fingerprint=fingerprint)
-    if args.aws_root and root_path.exists():
-        root = load_root(root_path.read_bytes(), fingerprint=AWS_NITRO_ROOT_G1_SHA256)
+    # Default: the local software NSM's dev root; --root for any other (AWS Root-G1 in production).
+    root_path = Path(args.root) if args.root else Path(os.path.expanduser(args.datadir)).absolute() / "nsm" / "root.pem"
+    try:
+        root_data = root_path.read_bytes()
+    except OSError:
+        raise SystemExit(f"clave: {root_path}: cannot read the root; pass --root PEM (AWS Nitro Root-G1)") from None
+    root = load_root(root_data, fingerprint=AWS_NITRO_ROOT_G1_SHA256 if args.aws_root else None)
     pcrs = dict(parse_pcr(p) for p in args.pcr)
     return verify_attestation(
         document, root=root, now_ms=at_ms, pcr_policy=PcrPolicy(expected=pcrs, allow_debug=args.allow_debug),

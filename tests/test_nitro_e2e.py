@@ -161,3 +161,13 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
     finally:
         emulator.terminate()
         emulator.wait(10)
+
+
+def test_attest_verify_cli_on_the_real_aws_document(vectors: Path) -> None:
+    nitro = vectors / "nitro"
+    base = [sys.executable, "-m", "sidecar.cli", "attest", "verify", "--root", str(nitro / "aws_nitro_root_g1.pem"),
+            "--aws-root", "--at", "1668034320696"]
+    good = subprocess.run([*base, str(nitro / "aws_nitro_document.cbor")], capture_output=True, text=True)
+    assert good.returncode == 0 and json.loads(good.stdout)["verified"] is True, good.stdout + good.stderr
+    bad = subprocess.run([*base, str(nitro / "aws_nitro_document_bad_sig.cbor")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "signature" in json.loads(bad.stdout)["error"]
