@@ -6,6 +6,7 @@ its params itself, because the parent is not trusted to send well-formed ones.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -125,6 +126,11 @@ class EnclaveService:
             except RequestError as exc:
                 address = record.get("address") if isinstance(record, dict) else None
                 failed.append({"address": address if isinstance(address, bytes) else b"", "error": exc.message})
+        # Keys live until the process ends: take them out of the cyclic GC's sight, or every full
+        # collection walks 100,000 of them while a signature waits (~100 ms stalls measured). Collect
+        # first so that no garbage is frozen with them.
+        gc.collect()
+        gc.freeze()
         return {"loaded": loaded, "failed": failed}
 
     def _seal_new(self, secret: bytes, origin: str, exportable: bool) -> tuple[LoadedKey, dict[str, Any]]:

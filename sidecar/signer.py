@@ -9,6 +9,7 @@ data key or any account key in plaintext.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -181,6 +182,8 @@ class Signer:
         self._accounts = accounts
         self.status.keys_loaded = len(accounts)
         self.status.unseal_failures = failures
+        gc.collect()  # then freeze: the account objects live on, and full GC passes need not walk them
+        gc.freeze()
 
     async def watch(self, interval: float = 1.0) -> None:
         """Keep the enclave brought up: after an enclave restart, attest and unseal again."""
