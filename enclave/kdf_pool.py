@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -21,15 +22,26 @@ _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 
 
-def run(fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn(*args)` in the pool and wait for it (called from the enclave's worker threads)."""
+def _get() -> ProcessPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
             # spawn, not fork: the enclave process has threads and an event loop that must not be cloned.
             _pool = ProcessPoolExecutor(max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
-        pool = _pool
-    return pool.submit(fn, *args).result()
+        return _pool
+
+
+def run(fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(*args)` in the pool and wait for it (called from the enclave's worker threads)."""
+    return _get().submit(fn, *args).result()
+
+
+def warm() -> None:
+    """Start every worker now (in the background), so the first import does not pay for spawning them."""
+    pool = _get()
+    workers = os.cpu_count() or 1
+    threading.Thread(target=lambda: [f.result() for f in [pool.submit(time.sleep, 0.2) for _ in range(workers)]],
+                     daemon=True).start()
 
 
 def shutdown() -> None:

@@ -101,6 +101,8 @@ class EnclaveService:
         data_key = open_enveloped_data(envelope, self._boot_key, expected_size=32)
         if self._master_key is not None and self._master_key != data_key:
             raise RequestError("a different master key is already loaded")
+        if self._master_key is None:
+            kdf_pool.warm()  # keyfile imports come once keys can be sealed
         self._master_key = data_key
         return {"ready": True}
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import re
 import signal
 import sys
@@ -103,6 +104,7 @@ class Child:
         while not self._stopping:
             assert self.process is not None
             code = await self.process.wait()
+            _kill_group(self.process.pid)  # helpers it left behind (the enclave's keyfile workers)
             if self._stopping:
                 return
             log.warning("%s exited with %s; restarting", self.name, code)
@@ -126,8 +128,18 @@ class Child:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        if self.process is not None:
+            _kill_group(self.process.pid)
         if self._log is not None:
             self._log.close()
+
+
+def _kill_group(pgid: int) -> None:
+    """Children run in their own session (pgid = pid): end whatever of it is still running."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> int:

@@ -96,13 +96,26 @@ def _enclave_pid(datadir: Path) -> int:
     raise AssertionError("enclave process not found")
 
 
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    members.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return members
+
+
 def test_killed_enclave_fails_fast_then_recovers(tmp_path: Path) -> None:
     clave = ClaveProcess(tmp_path / "kill")
     clave.start()
     try:
         address = clave.rpc("account_new")
         records = _record_count(clave)
-        os.kill(_enclave_pid(clave.datadir), signal.SIGKILL)
+        killed = _enclave_pid(clave.datadir)
+        os.kill(killed, signal.SIGKILL)
         start = time.monotonic()
         with pytest.raises(RpcFailure) as err:
             clave.rpc("eth_sign", address, "0x01")
@@ -120,6 +133,7 @@ def test_killed_enclave_fails_fast_then_recovers(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert Account.recover_message(encode_defunct(b"\x01"), signature=signature).lower() == address
         assert _record_count(clave) == records
+        assert not _group_members(killed), "the dead enclave's helper processes must not outlive it"
     finally:
         clave.stop()
 
