@@ -101,9 +101,10 @@ def _group_members(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.getpgid(int(entry.name)) == pgid:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.getpgid(int(entry.name)) == pgid and state != "Z":  # zombies are dead, just unreaped
                     members.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
+            except (OSError, IndexError):
                 continue
     return members
 
