@@ -148,7 +148,11 @@ class EnclaveService:
         exportable = bool(params.get("exportable", False))
         self._master()
         secrets = generate_secrets(lambda n: nsm_api.get_random(self._nsm, n), count)
-        return {"records": [self._seal_new(secret, "generated", exportable)[1] for secret in secrets]}
+        records = [self._seal_new(secret, "generated", exportable)[1] for secret in secrets]
+        if count >= 1000:  # bulk generation: freeze the new keys as after unsealing
+            gc.collect()
+            gc.freeze()
+        return {"records": records}
 
     def import_keyfile(self, params: dict[str, Any]) -> dict[str, Any]:
         payload = open_envelope(self._boot_key, _bytes(params, "envelope"))

@@ -31,6 +31,7 @@ META_KMS_KEY_ID = "kms_key_id"
 META_DATA_KEY = "kms_data_key"
 UNSEAL_BATCH = 5000
 GENERATE_BATCH = 5000
+BULK = 1000  # from this many new accounts on, one full collection to freeze them is worth its pause
 ATTESTATION_MAX_AGE_MS = 5 * 60 * 1000
 
 
@@ -250,6 +251,9 @@ class Signer:
             chunk = min(GENERATE_BATCH, count - len(addresses))
             result = await self._call("generate", {"count": chunk, "exportable": exportable}, timeout=SLOW_TIMEOUT)
             addresses += await self._persist(result["records"])
+        if count >= BULK:
+            gc.collect()  # a bulk generation: freeze the new long-lived accounts, as after unsealing
+            gc.freeze()
         return addresses
 
     async def import_keyfile(self, envelope: bytes, exportable: bool) -> bytes:
