@@ -87,18 +87,7 @@ class IpcClient:
 
 
 def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
+    return [child for child, (ppid, _) in _proc_table().items() if ppid == pid]
 
 
 def cmdline(pid: int) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from enclave import aio
 
-from .attestation import AWS_NITRO_ROOT_G1_SHA256, AttestationDocument, PcrPolicy, load_root
+from .attestation import AttestationDocument, PcrPolicy, load_root
 from .config import SidecarConfig
 from .kms import KmsSealing, key_policy, make_kms_client
 from .signer import AttestationConfig
@@ -154,5 +154,3 @@ def serve(config: SidecarConfig) -> int:
     with datadir_lock(config.datadir):
         return aio.run(main())
 
-
-__all__ = ["AWS_NITRO_ROOT_G1_SHA256", "serve", "run_sidecar", "sd_notify"]
