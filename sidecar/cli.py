@@ -50,6 +50,15 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
                         help="eth_signTransaction fee cap in ether (0 = no cap)")
     parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="pin an enclave PCR value")
     parser.add_argument("--log.json", dest="log_json", action="store_true", help="log JSON lines")
+    parser.add_argument("--http.workers", dest="http_workers", type=_workers, default=1,
+                        help="processes serving HTTP on the same port (default 1; one per core for throughput)")
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -76,21 +85,26 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         pcrs=pcrs,
         log_json=args.log_json,
         tx_fee_cap_wei=int(args.txfeecap * 10**18),
+        http_workers=args.http_workers,
     )
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .local import up
+    from .datadir import datadir_lock
     from .logs import setup_logging
 
     config = config_from_args(args)
     setup_logging(config.log_json)
-    return up(config, accept_new_enclave=args.accept_new_enclave)
+    with datadir_lock(config.datadir):
+        config.export_metrics_dir()
+        from .local import up  # imported only now, as in cmd_serve
+
+        return up(config, accept_new_enclave=args.accept_new_enclave)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .datadir import datadir_lock
     from .logs import setup_logging
-    from .serve import serve
 
     config = config_from_args(args)
     config.enclave = args.enclave
@@ -101,7 +115,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.attestation_root_fingerprint = args.attestation_root_fingerprint
     config.allow_debug_enclave = args.allow_debug_enclave
     setup_logging(config.log_json)
-    return serve(config)
+    with datadir_lock(config.datadir):
+        config.export_metrics_dir()
+        # Imported only now: prometheus_client reads the metrics directory when it is first imported.
+        from .serve import serve
+
+        return serve(config)
 
 
 def cmd_enclave(args: argparse.Namespace) -> int:

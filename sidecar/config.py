@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,22 @@ class SidecarConfig:
     allow_debug_enclave: bool = False
     log_json: bool = False
     tx_fee_cap_wei: int = 10**18
+    http_workers: int = 1  # processes serving HTTP on one port (SO_REUSEPORT); the first also does IPC
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.datadir / "metrics"
+
+    def export_metrics_dir(self) -> None:
+        """With HTTP workers, empty the metrics directory and export PROMETHEUS_MULTIPROC_DIR for this process
+        and its workers. It has to run before prometheus_client is first imported: the library picks its
+        value class at import time. Files from an earlier run would otherwise add to this run's counters."""
+        if self.http_workers <= 1 or not self.http_enabled:
+            return
+        self.metrics_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in self.metrics_dir.glob("*.db"):
+            stale.unlink()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
 
     @property
     def ipc_socket(self) -> Path:

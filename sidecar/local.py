@@ -8,8 +8,6 @@ does it: when it dies it is started again, and the sidecar attests and unseals a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -28,26 +26,6 @@ from .signer import AttestationConfig
 log = logging.getLogger("clave.up")
 
 READY_TIMEOUT = 30.0
-
-
-class DatadirBusy(SystemExit):
-    pass
-
-
-@contextlib.contextmanager
-def datadir_lock(datadir: Path):  # type: ignore[no-untyped-def]
-    datadir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock_path = datadir / "clave.lock"
-    handle = open(lock_path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise DatadirBusy(f"clave: another clave is already running on {datadir} (lock {lock_path} is held)") from None
-    try:
-        yield
-    finally:
-        handle.close()
 
 
 class Child:
@@ -184,5 +162,5 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
 
 
 def up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> int:
-    with datadir_lock(config.datadir):
-        return aio.run(run_up(config, accept_new_enclave=accept_new_enclave))
+    """Run the stack; the caller holds the datadir lock (`datadir.datadir_lock`)."""
+    return aio.run(run_up(config, accept_new_enclave=accept_new_enclave))

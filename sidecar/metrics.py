@@ -1,15 +1,28 @@
-"""Prometheus metrics. Labels carry method names, outcomes and kinds, never addresses or payloads."""
+"""Prometheus metrics. Labels carry method names, outcomes and kinds, never addresses or payloads.
+
+With HTTP workers (`--http.workers` above 1) every process counts into prometheus_client's multiprocess
+files under `PROMETHEUS_MULTIPROC_DIR`, and whichever process answers a scrape adds them all up; the
+variable has to be set before prometheus_client is imported (`SidecarConfig.export_metrics_dir` does that).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+from pathlib import Path
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 class Metrics:
     def __init__(self) -> None:
+        directory = os.environ.get(MULTIPROC_ENV)
+        self.multiprocess_dir = Path(directory) if directory else None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("clave_requests", "JSON-RPC requests by method and outcome", ["method", "outcome"], registry=r)
@@ -22,10 +35,22 @@ class Metrics:
         self.signatures = Counter("clave_signatures", "Signatures made, by kind", ["kind"], registry=r)
         self.refusals = Counter("clave_refusals", "Requests refused, by reason", ["reason"], registry=r)
         self.kms_calls = Counter("clave_kms_calls", "KMS calls by operation and outcome", ["operation", "outcome"], registry=r)
-        self.keys_loaded = Gauge("clave_keys_loaded", "Accounts unsealed in the enclave", registry=r)
-        self.attested = Gauge("clave_attestation_ok", "1 when the enclave's last attestation verified", registry=r)
-        self.attestation_age = Gauge("clave_attestation_age_seconds", "Seconds since the last verified attestation", registry=r)
+        # Every process sets the gauges from the same (mirrored) status when it answers a scrape; across
+        # processes the latest write is the true one.
+        mode: Literal["mostrecent"] = "mostrecent"
+        self.keys_loaded = Gauge("clave_keys_loaded", "Accounts unsealed in the enclave", registry=r, multiprocess_mode=mode)
+        self.attested = Gauge(
+            "clave_attestation_ok", "1 when the enclave's last attestation verified", registry=r, multiprocess_mode=mode
+        )
+        self.attestation_age = Gauge(
+            "clave_attestation_age_seconds", "Seconds since the last verified attestation", registry=r, multiprocess_mode=mode
+        )
         self.store_seconds = Histogram("clave_store_seconds", "Key store operation latency", ["op"], buckets=_LATENCY_BUCKETS, registry=r)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=str(self.multiprocess_dir))
+        return generate_latest(combined), CONTENT_TYPE_LATEST
+

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from enclave import aio
 
@@ -18,11 +19,13 @@ from .config import SidecarConfig
 from .kms import KmsSealing, key_policy, make_kms_client
 from .signer import AttestationConfig
 from .wiring import Sidecar, build_sidecar
+from .worker_pool import WorkerPool
 
 log = logging.getLogger("clave.serve")
 
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/clave-local"
 READY_TIMEOUT = 30.0
+WORKERS_TIMEOUT = 15.0
 
 
 def sd_notify(message: str) -> None:
@@ -87,8 +90,9 @@ def ready_line(config: SidecarConfig, sidecar: Sidecar) -> str:
     if config.http_enabled:
         endpoints.append(f"http={sidecar.http_url}")
     endpoints.append(f"ipc={config.ipc_socket}")
+    workers = f" http_workers={config.http_workers}" if config.http_enabled and config.http_workers > 1 else ""
     return (
-        f"clave ready {' '.join(endpoints)} accounts={sidecar.signer.status.keys_loaded} "
+        f"clave ready {' '.join(endpoints)} accounts={sidecar.signer.status.keys_loaded}{workers} "
         f"geth: --signer={config.ipc_socket}"
     )
 
@@ -106,10 +110,14 @@ async def run_sidecar(
     provision = local_key_provisioner(kms_client) if provision_locally else None
     repin = local_key_repinner(kms_client) if repin_locally else None
     sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision, repin_key=repin)
+    pool: WorkerPool | None = None
     try:
         await sidecar.start()
         if config.http_enabled:
             await sidecar.serve_http(app)
+            if config.http_workers > 1:
+                pool = WorkerPool(replace(config, http_port=sidecar.http_port), sidecar.signer, config.http_workers - 1)
+                pool.start()
         try:
             await asyncio.wait_for(sidecar.signer.attempted.wait(), READY_TIMEOUT)
         except TimeoutError:
@@ -117,17 +125,22 @@ async def run_sidecar(
         if not sidecar.signer.ready:
             # Keep serving (health says why) and keep retrying; the ready line follows once keys are unsealed.
             print(f"clave waiting: {sidecar.signer.status.last_error or 'enclave not ready'}", flush=True)
-        announcer = asyncio.create_task(_announce_when_ready(config, sidecar))
+        announcer = asyncio.create_task(_announce_when_ready(config, sidecar, pool))
         await stop.wait()
         announcer.cancel()
         return 0
     finally:
         sd_notify("STOPPING=1")
+        if pool is not None:
+            await pool.stop()
         await sidecar.stop()
 
 
-async def _announce_when_ready(config: SidecarConfig, sidecar: Sidecar) -> None:
+async def _announce_when_ready(config: SidecarConfig, sidecar: Sidecar, pool: WorkerPool | None) -> None:
     await sidecar.signer.wait_ready(None)
+    if pool is not None and not await pool.wait_listening(WORKERS_TIMEOUT):
+        # The primary serves every connection until they join; the ready line must not wait forever.
+        log.warning("HTTP workers not listening after %.0f s; serving without them for now", WORKERS_TIMEOUT)
     print(ready_line(config, sidecar), flush=True)
     sd_notify(f"READY=1\nSTATUS=serving {sidecar.signer.status.keys_loaded} accounts")
 
@@ -141,8 +154,7 @@ def stop_event() -> asyncio.Event:
 
 
 def serve(config: SidecarConfig) -> int:
-    from .local import datadir_lock
-
+    """Run the sidecar; the caller holds the datadir lock (`datadir.datadir_lock`)."""
     attestation = attestation_config(config)
     provision_locally = config.kms_key_id is None and config.kms_endpoint is not None
 
@@ -151,6 +163,5 @@ def serve(config: SidecarConfig) -> int:
             config, attestation, kms_endpoint=config.kms_endpoint, provision_locally=provision_locally, stop=stop_event()
         )
 
-    with datadir_lock(config.datadir):
-        return aio.run(main())
+    return aio.run(main())
 

@@ -92,6 +92,9 @@ class Signer:
         self.clock = clock
         self.status = Status()
         self._accounts: dict[bytes, Account] = {}
+        self._position = 0  # the last store record this process has seen
+        self._failed: set[bytes] = set()  # stored records the enclave could not unseal
+        self._checked_connection = 0  # the enclave connection last seen to hold every account's key
         self._bring_up_lock = asyncio.Lock()
         self._watch_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -169,7 +172,7 @@ class Signer:
 
     async def _unseal(self, records: list[StoredRecord]) -> None:
         accounts: dict[bytes, Account] = {}
-        failures = 0
+        failed: set[bytes] = set()
         for start in range(0, len(records), UNSEAL_BATCH):
             batch = records[start : start + UNSEAL_BATCH]
             result = await self.client.call("unseal", {"records": [r.sealed() for r in batch]}, timeout=SLOW_TIMEOUT)
@@ -178,11 +181,13 @@ class Signer:
                 if record.address in loaded:
                     accounts[record.address] = Account(record.address, record.origin, record.exportable, record.created)
             for failure in result["failed"]:
-                failures += 1
+                failed.add(failure["address"])
                 log.error("sealed record 0x%s did not unseal: %s", failure["address"].hex(), failure["error"])
         self._accounts = accounts
+        self._failed = failed
+        self._position = max((r.position for r in records), default=0)
         self.status.keys_loaded = len(accounts)
-        self.status.unseal_failures = failures
+        self.status.unseal_failures = len(failed)
         gc.collect()  # then freeze: the account objects live on, and full GC passes need not walk them
         gc.freeze()
 
@@ -219,23 +224,56 @@ class Signer:
 
     # -- accounts --------------------------------------------------------------------------------
 
+    @property
+    def failed_addresses(self) -> set[bytes]:
+        return set(self._failed)
+
+    def catch_up(self) -> None:
+        """Take in accounts that other processes sharing the store (HTTP workers) have added since.
+
+        They were generated or imported in the same enclave, so they are usable at once. One indexed query
+        when nothing is new; the sign path calls it only for an address it does not know."""
+        if not self.ready:
+            return
+        for listed in self.store.accounts_after(self._position):
+            self._position = listed.position
+            if listed.address not in self._failed and listed.address not in self._accounts:
+                self._accounts[listed.address] = Account(listed.address, listed.origin, listed.exportable, listed.created)
+        self.status.keys_loaded = len(self._accounts)
+
     def accounts(self) -> list[Account]:
+        self.catch_up()
         return list(self._accounts.values())
 
     def addresses(self) -> list[bytes]:
+        self.catch_up()
         return list(self._accounts)
 
     def has(self, address: bytes) -> bool:
+        if address not in self._accounts:
+            self.catch_up()
         return address in self._accounts
 
     def require(self, address: bytes) -> None:
-        if address not in self._accounts:
+        if not self.has(address):
             raise UnknownAccount()
 
     async def _call(self, method: str, params: dict[str, Any], timeout: float = 10.0) -> Any:
         if not self.ready:
             raise EnclaveNotReady(self.status.last_error or "keys are being unsealed")
+        if not self.client.connected or self.client.connections != self._checked_connection:
+            await self._check_connection()
         return await self.client.call(method, params, timeout=timeout)
+
+    async def _check_connection(self) -> None:
+        """A new connection may reach a restarted enclave that holds no keys until they are unsealed again
+        (the watch, or the primary for a worker, notices within a second). Until the enclave says it holds
+        them all, answer "not ready" (503), not "unknown account"."""
+        hello = await self.client.call("hello")
+        connection = self.client.connections
+        if not hello["ready"] or hello["keys"] < len(self._accounts):
+            raise EnclaveNotReady("the enclave restarted; keys are being unsealed again")
+        self._checked_connection = connection
 
     async def _persist(self, records: list[dict[str, Any]]) -> list[bytes]:
         stored = [StoredRecord.from_sealed(r) for r in records]
@@ -282,3 +320,40 @@ class Signer:
 
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
+
+
+class FollowerSigner(Signer):
+    """An HTTP worker's signer. The primary `clave serve` process attests, unseals and watches the enclave
+    and sends each change of its status (see `workers.py`); a follower mirrors it, signs over its own
+    enclave connection and reads the account list from the shared store."""
+
+    def start_watch(self, interval: float = 1.0) -> None:
+        pass  # the primary watches the enclave
+
+    async def bring_up(self) -> None:
+        raise InfraError("an HTTP worker does not bring the enclave up")
+
+    async def follow(self, update: dict[str, Any]) -> None:
+        status = self.status
+        status.enclave_reachable = bool(update["enclave_reachable"])
+        status.attested = bool(update["attested"])
+        status.attested_at = float(update["attested_at"])
+        status.keys_unsealed = bool(update["keys_unsealed"])
+        status.unseal_failures = int(update["unseal_failures"])
+        status.last_error = str(update["last_error"])
+        if not update["ready"]:
+            self._ready.clear()
+            return
+        self._failed = {bytes.fromhex(a) for a in update["failed"]}
+        if not self._ready.is_set():
+            if self._position == 0:
+                # The first load reads every account (100,000 take ~0.1 s): off the event loop, then applied.
+                listed = await asyncio.to_thread(self.store.accounts_after, 0)
+                for item in listed:
+                    if item.address not in self._failed:
+                        self._accounts[item.address] = Account(item.address, item.origin, item.exportable, item.created)
+                self._position = listed[-1].position if listed else 0
+                gc.collect()
+                gc.freeze()
+            self._ready.set()
+        self.catch_up()

@@ -27,6 +27,7 @@ class StoredRecord:
     exportable: bool
     created: int
     blob: bytes  # the sealed record as CBOR
+    position: int = 0  # where it sits in the store (0 until stored)
 
     @classmethod
     def from_sealed(cls, record: dict[str, object]) -> StoredRecord:
@@ -51,9 +52,21 @@ class DuplicateAccount(RequestError):
         super().__init__(f"account already exists: 0x{address.hex()}")
 
 
+@dataclass(frozen=True)
+class ListedAccount:
+    """A record's public metadata, without the sealed blob, with its position in the store."""
+
+    position: int
+    address: bytes
+    origin: str
+    exportable: bool
+    created: int
+
+
 class KeyStore(Protocol):
     def add_records(self, records: Iterable[StoredRecord]) -> None: ...
     def records(self) -> list[StoredRecord]: ...
+    def accounts_after(self, position: int) -> list[ListedAccount]: ...
     def get_meta(self, name: str) -> bytes | None: ...
     def set_meta(self, name: str, value: bytes) -> None: ...
     def ping(self) -> float: ...
@@ -110,11 +123,24 @@ class SqliteStore:
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT address, origin, exportable, created, blob FROM records ORDER BY rowid"
+                    "SELECT address, origin, exportable, created, blob, rowid FROM records ORDER BY rowid"
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"key store read failed: {exc}") from None
-        return [StoredRecord(bytes(a), o, bool(e), c, bytes(b)) for a, o, e, c, b in rows]
+        return [StoredRecord(bytes(a), o, bool(e), c, bytes(b), p) for a, o, e, c, b, p in rows]
+
+    def accounts_after(self, position: int) -> list[ListedAccount]:
+        """Records added after `position` (0: all), oldest first. Records are never deleted or rewritten, so
+        another process sharing the file catches up with what it has not seen yet by its last position."""
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT rowid, address, origin, exportable, created FROM records WHERE rowid > ? ORDER BY rowid",
+                    (position,),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"key store read failed: {exc}") from None
+        return [ListedAccount(p, bytes(a), o, bool(e), c) for p, a, o, e, c in rows]
 
     def get_meta(self, name: str) -> bytes | None:
         with self._lock:

@@ -21,7 +21,7 @@ from .logs import account_of
 from .methods import build_methods
 from .metrics import Metrics
 from .rpc import CallContext, Dispatcher
-from .signer import AttestationConfig, SealingProvider, Signer
+from .signer import AttestationConfig, FollowerSigner, SealingProvider, Signer
 from .store import SqliteStore
 
 log = logging.getLogger("clave.sidecar")
@@ -78,27 +78,35 @@ class Sidecar:
     dispatcher: Dispatcher
     metrics: Metrics
     store: SqliteStore
-    ipc: IpcServer
+    ipc: IpcServer | None  # None in an HTTP worker: IPC belongs to the primary process
     runner: web.AppRunner | None = None
     http_url: str = ""
+    http_port: int = 0
 
     async def start(self) -> None:
         self.signer.start_watch()
-        await self.ipc.start()
+        if self.ipc is not None:
+            await self.ipc.start()
 
     async def serve_http(self, app: web.Application) -> None:
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.http_addr, self.config.http_port, reuse_address=True)
+        # With workers, every process listens on the same port and the kernel spreads connections over them.
+        shared = self.config.http_workers > 1
+        site = web.TCPSite(
+            self.runner, self.config.http_addr, self.config.http_port, reuse_address=True, reuse_port=shared or None
+        )
         await site.start()
         sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr,attr-defined]
         port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        self.http_port = port
         host = self.config.http_addr if ":" not in self.config.http_addr else f"[{self.config.http_addr}]"
         self.http_url = f"http://{host}:{port}"
 
     async def stop(self) -> None:
         await self.signer.stop()
-        await self.ipc.close()
+        if self.ipc is not None:
+            await self.ipc.close()
         if self.runner is not None:
             await self.runner.cleanup()
         await self.signer.client.close()
@@ -107,12 +115,13 @@ class Sidecar:
 
 def build_sidecar(
     config: SidecarConfig,
-    sealing: SealingProvider,
-    attestation: AttestationConfig,
+    sealing: SealingProvider | None,
+    attestation: AttestationConfig | None,
     *,
     provision_key: Callable[[Any], Awaitable[str]] | None = None,
     repin_key: Callable[[str, Any], Awaitable[None]] | None = None,
 ) -> tuple[Sidecar, web.Application]:
+    """The primary process, or with neither sealing nor attestation, an HTTP worker that follows it."""
     metrics = Metrics()
     store = SqliteStore(config.store_path)
     roundtrips: dict[str, Any] = {}
@@ -124,15 +133,20 @@ def build_sidecar(
         child.observe(seconds)
 
     client = EnclaveClient(parse_address(config.enclave), observe=observe_enclave)
-    signer = Signer(
-        client,
-        MeteredStore(store, metrics),  # type: ignore[arg-type]
-        MeteredSealing(sealing, metrics),
-        attestation,
-        kms_key_id=config.kms_key_id,
-        provision_key=provision_key,
-        repin_key=repin_key,
-    )
+    metered_store = MeteredStore(store, metrics)
+    signer: Signer
+    if sealing is None or attestation is None:
+        signer = FollowerSigner(client, metered_store, None, None, kms_key_id=None)  # type: ignore[arg-type]
+    else:
+        signer = Signer(
+            client,
+            metered_store,  # type: ignore[arg-type]
+            MeteredSealing(sealing, metrics),
+            attestation,
+            kms_key_id=config.kms_key_id,
+            provision_key=provision_key,
+            repin_key=repin_key,
+        )
     methods = build_methods(signer, config, metrics)
 
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
@@ -162,7 +176,7 @@ def build_sidecar(
             )
 
     dispatcher = Dispatcher(methods, observer=observe)
-    ipc = IpcServer(config.ipc_socket, dispatcher)
+    ipc = None if isinstance(signer, FollowerSigner) else IpcServer(config.ipc_socket, dispatcher)
     sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
 
     async def health() -> tuple[int, dict[str, object]]:
