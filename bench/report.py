@@ -252,15 +252,16 @@ def _reading(results: dict[str, Any]) -> list[str]:
     cores = (row or {}).get("cpu_cores", {})
     if row and cores:
         side, enc = cores.get("sidecar", 0.0), cores.get("enclave", 0.0)
-        where = "the sidecar" if side >= enc else "the enclave"
-        out.append(f"At full load ({row['generator']}, `account_signTransaction`, {_f(row['rps'], 0)}/s) the sidecar "
-                   f"process used {side:.2f} cores and the enclave {enc:.2f}: {where} is the bottleneck (each is one "
-                   f"Python process, so at most one core). Per request: sidecar "
-                   f"{side / row['rps'] * 1e6:,.0f} µs of CPU, enclave {enc / row['rps'] * 1e6:,.0f} µs.")
+        workers = results["meta"].get("http_workers") or 1
+        sidecar = "the sidecar process" if workers == 1 else f"the {workers} sidecar processes"
+        out.append(f"At full load ({row['generator']}, `account_signTransaction`, {_f(row['rps'], 0)}/s) {sidecar} "
+                   f"used {side:.2f} cores and the enclave (one Python process, at most one core) {enc:.2f}. Per "
+                   f"request: sidecar {side / row['rps'] * 1e6:,.0f} µs of CPU, enclave {enc / row['rps'] * 1e6:,.0f} µs.")
         if row.get("machine_busy_cores") is not None:
             n = results["meta"]["machine"].get("nproc") or 0
+            limit = " CPU is what limits the rate." if n and row["machine_busy_cores"] > 0.9 * n else ""
             out.append(f"The whole machine was busy {row['machine_busy_cores']:.2f} of {n} cores during that row "
-                       "(generator, kernel and others included).")
+                       f"(generator, kernel and others included).{limit}")
         if row.get("foreign_cores", 0) > 0.1:
             out.append(f"Other processes used {row['foreign_cores']:.2f} cores during that row, so it understates clave.")
     few = [r for r in results.get("throughput", []) if r.get("system", "").startswith("clave,") and r["kind"] == "tx"]
@@ -283,6 +284,14 @@ def _reading(results: dict[str, Any]) -> list[str]:
     return [f"- {line}" for line in out]
 
 
+def _setup(meta: dict[str, Any]) -> list[str]:
+    workers = meta.get("http_workers")
+    if workers is None:
+        return []
+    return [f"clave under test: `clave up --http.workers {workers}` ({workers} sidecar process(es) serving HTTP on one "
+            "port; CPU and RSS of \"sidecar\" below add them all up).", ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     m = meta["machine"]
@@ -290,6 +299,7 @@ def markdown(results: dict[str, Any]) -> str:
            f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Python {m['python']}, "
            f"Linux {m['kernel']}; wrk: {m['wrk']}; anvil: {m['anvil']}; clave at {m['git']}.", "",
            f"Command: `{meta['command']}` ({_f(meta.get('wall_seconds'), 0)} s wall)", "",
+           *_setup(meta),
            "## Targets", ""] + _targets_table(results) + ["", "## Throughput and latency", ""] + _throughput_table(results)
     micro = _micro_table(results)
     if micro:

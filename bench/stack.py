@@ -119,8 +119,9 @@ class ClaveStack:
     """`clave up` on a datadir, started by us (`python -m sidecar.cli up`), or a running one (url + ipc)."""
 
     def __init__(self, datadir: Path | None, *, url: str | None = None, ipc: str | None = None, chain_id: int = 1,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, http_workers: int = 1) -> None:
         self.datadir = datadir
+        self.http_workers = http_workers
         self.chain_id = chain_id
         self.python = python
         self.proc: subprocess.Popen[str] | None = None
@@ -134,7 +135,7 @@ class ClaveStack:
         assert self.datadir is not None
         port = free_port()
         argv = [self.python, "-m", "sidecar.cli", "up", "--datadir", str(self.datadir), "--http.port", str(port),
-                "--chainid", str(self.chain_id)]
+                "--chainid", str(self.chain_id), "--http.workers", str(self.http_workers)]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -175,17 +176,23 @@ class ClaveStack:
 
     def pids(self) -> dict[str, int]:
         """sidecar (the `clave up` process itself), enclave, kms-emulator."""
-        out: dict[str, int] = {}
+        return {name: group[0] for name, group in self.groups().items()}
+
+    def groups(self) -> dict[str, list[int]]:
+        """The same, with the sidecar's HTTP workers (`--http.workers`) after the primary in "sidecar"."""
+        out: dict[str, list[int]] = {}
         root = self.proc.pid if self.proc is not None else self._find_external()
         if root is None:
             return out
-        out["sidecar"] = root
+        out["sidecar"] = [root]
         for child in children(root):
             line = cmdline(child)
             if "-m enclave" in line:
-                out["enclave"] = child
+                out["enclave"] = [child]
             elif "kmsemu" in line:
-                out["kms-emulator"] = child
+                out["kms-emulator"] = [child]
+            elif "sidecar.http_worker" in line:
+                out["sidecar"].append(child)
         return out
 
     def _find_external(self) -> int | None:
@@ -199,7 +206,7 @@ class ClaveStack:
         return None
 
     def rss(self) -> dict[str, float]:
-        mem = {name: round(rss_mb(pid), 1) for name, pid in self.pids().items()}
+        mem = {name: round(sum(rss_mb(pid) for pid in group), 1) for name, group in self.groups().items()}
         mem["enclave+sidecar"] = round(mem.get("enclave", 0.0) + mem.get("sidecar", 0.0), 1)
         return mem
 

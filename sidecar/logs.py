@@ -62,8 +62,13 @@ class _BatchWriter(threading.Thread):
     """Formats and writes queued records, all that have piled up in one write() and one flush().
 
     At thousands of requests a second, a write and a flush per line cost the sidecar more than the
-    request itself; batching turns them into one system call per burst.
+    request itself; batching turns them into one system call per burst. After the first record of a burst
+    the thread waits FLUSH_INTERVAL for more: waking for every record, as a plain blocking get() does at
+    moderate load, costs a thread switch and a GIL handover per request, which showed up as the sidecar's
+    CPU per request doubling at half load. Log lines are at most that much late.
     """
+
+    FLUSH_INTERVAL = 0.05
 
     def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], formatter: logging.Formatter) -> None:
         super().__init__(name="clave-log-writer", daemon=True)
@@ -73,8 +78,10 @@ class _BatchWriter(threading.Thread):
     def run(self) -> None:
         while True:
             record = self.records.get()
+            if record is not None:
+                time.sleep(self.FLUSH_INTERVAL)
             batch = [record]
-            while len(batch) < 1024:
+            while len(batch) < 100_000:
                 try:
                     batch.append(self.records.get_nowait())
                 except queue.Empty:
