@@ -60,7 +60,7 @@ bench: $(VENV)/.installed-bench tools
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
 		else echo "bench: wrk is not installed and this is not root: run 'sudo apt-get install wrk';" \
 			"without it the HTTP rows come from the Python generator only"; fi; }
-	$(PY) bench/run.py --docs docs/performance.md --command "$(strip make bench $(BENCH_ARGS))" $(BENCH_ARGS)
+	$(PY) bench/run.py --docs docs/performance.md --command 'make bench$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) build *.egg-info

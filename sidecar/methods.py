@@ -135,7 +135,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         return EXTERNAL_API_VERSION
 
     async def account_list(params: list[Any], ctx: CallContext) -> list[str]:
-        return [_addr(a) for a in signer.addresses()]
+        return [_addr(a) for a in await signer.addresses()]
 
     async def account_new(params: list[Any], ctx: CallContext) -> str:
         (address,) = await signer.new_accounts(1, exportable=False)
@@ -214,7 +214,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
     # -- node-style eth_* --------------------------------------------------------------------------
 
     async def eth_accounts(params: list[Any], ctx: CallContext) -> list[str]:
-        return [_addr(a) for a in signer.addresses()]
+        return [_addr(a) for a in await signer.addresses()]
 
     async def eth_sign(params: list[Any], ctx: CallContext) -> str:
         address, data = _plain_address(params, 0), _data(params, 1)
@@ -259,7 +259,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         ipc_only(ctx, "clave_listAccounts")
         return [
             {"address": _addr(a.address), "origin": a.origin, "exportable": a.exportable, "created": a.created}
-            for a in signer.accounts()
+            for a in await signer.accounts()
         ]
 
     async def clave_new_account(params: list[Any], ctx: CallContext) -> list[str]:
