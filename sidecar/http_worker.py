@@ -40,6 +40,7 @@ async def run() -> int:
     loop.add_signal_handler(signal.SIGTERM, closing.set)
     closed = asyncio.create_task(closing.wait())
     try:
+        await sidecar.start()
         while True:
             line_task = asyncio.create_task(reader.readline())
             await asyncio.wait([line_task, closed], return_when=asyncio.FIRST_COMPLETED)

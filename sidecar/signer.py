@@ -96,7 +96,7 @@ class Signer:
         self._failed: set[bytes] = set()  # stored records the enclave could not unseal
         self._checked_connection = 0  # the enclave connection last seen to hold every account's key
         self._bring_up_lock = asyncio.Lock()
-        self._watch_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.attempted = asyncio.Event()  # set once the first bring-up attempt has finished, either way
 
@@ -212,15 +212,22 @@ class Signer:
             await asyncio.sleep(interval)
 
     def start_watch(self, interval: float = 1.0) -> None:
-        self._watch_task = asyncio.create_task(self.watch(interval))
+        self._tasks = [asyncio.create_task(self.watch(interval)), asyncio.create_task(self.follow_store(interval))]
+
+    async def follow_store(self, interval: float) -> None:
+        """Catch up in the background too, so that the first account_list after another process generated
+        100,000 accounts does not wait for them (365 ms in the benchmark)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.catch_up()
+            except InfraError as exc:
+                log.warning("reading new accounts from the store: %s", exc.message)
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            try:
-                await self._watch_task
-            except asyncio.CancelledError:
-                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- accounts --------------------------------------------------------------------------------
 
@@ -334,7 +341,7 @@ class FollowerSigner(Signer):
     enclave connection and reads the account list from the shared store."""
 
     def start_watch(self, interval: float = 1.0) -> None:
-        pass  # the primary watches the enclave
+        self._tasks = [asyncio.create_task(self.follow_store(interval))]  # the primary watches the enclave
 
     async def bring_up(self) -> None:
         raise InfraError("an HTTP worker does not bring the enclave up")

@@ -98,6 +98,22 @@ def test_accounts_made_anywhere_are_seen_everywhere(pool: ClaveProcess) -> None:
     assert all("{" + a[2:] + "}" in result.stdout.lower() for a in created)
 
 
+def test_workers_take_in_new_accounts_in_the_background(pool: ClaveProcess) -> None:
+    result = pool.cli("account", "new", "--count", "1500")  # over IPC: only the primary knows at first
+    assert result.returncode == 0, result.stderr
+    total = len(pool.rpc("account_list"))
+    deadline = time.monotonic() + 15
+    while True:  # /healthz reads the process's own view and never asks the store itself
+        counts = set()
+        for _ in range(CALLS // 2):
+            status, body = _get(pool.url + "/healthz")
+            counts.add(int(re.search(r'"keys_loaded": (\d+)', body).group(1)))  # type: ignore[union-attr]
+        if counts == {total}:
+            break
+        assert time.monotonic() < deadline, f"processes still report {counts} accounts, not {total}"
+        time.sleep(0.2)
+
+
 def test_metrics_and_health_add_up_across_processes(pool: ClaveProcess) -> None:
     address = pool.rpc("account_new")
 
