@@ -402,6 +402,12 @@ class Bench:
             f"{'wrk, paced' if self.use_wrk else 'Python generator'})")
         row = self.clave_wrk("tx", rate=half) if self.use_wrk else self.clave_pygen("tx", rate=half)
         row["half_of"] = round(max_tx, 1)
+        if max_tx > report.TARGET_RPS:
+            # The "half that load" read as half the 5,000/s target, beside half the measured maximum.
+            log(f"half load of the target: {report.TARGET_RPS // 2} account_signTransaction/s")
+            row = (self.clave_wrk("tx", rate=report.TARGET_RPS / 2) if self.use_wrk
+                   else self.clave_pygen("tx", rate=report.TARGET_RPS / 2))
+            row["half_of"] = report.TARGET_RPS
         if not self.args.smoke:
             self.enclave_frames()
         if not args.no_profile:

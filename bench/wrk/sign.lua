@@ -103,10 +103,15 @@ request = function()
   end
   local body = string.format('{"jsonrpc":"2.0","id":%d,"method":"%s","params":%s}', counter, methods[kind], params)
   if interval_us then
-    -- wrk sends on the connection whose timer fired first, i.e. the one holding the oldest due time
-    due_by_id[counter] = due_queue[due_head]
-    due_queue[due_head] = nil
-    due_head = due_head + 1
+    -- wrk sends on the connection whose timer fired first, i.e. the one holding the oldest due time.
+    -- A request that no delay() preceded (wrk reconnecting, say) is due now.
+    if due_head <= due_tail then
+      due_by_id[counter] = due_queue[due_head]
+      due_queue[due_head] = nil
+      due_head = due_head + 1
+    else
+      due_by_id[counter] = now_us()
+    end
   end
   return wrk.format(nil, nil, nil, body)
 end
