@@ -269,6 +269,10 @@ class Signer:
         if address not in self._accounts:
             await self.catch_up()
             if address not in self._accounts:
+                if not self.ready:
+                    # Perhaps made by another process while this one was not following the store: say
+                    # "not ready" (503, retry), as for any account then, rather than "unknown account".
+                    raise EnclaveNotReady(self.status.last_error or "keys are being unsealed")
                 raise UnknownAccount()
 
     async def _call(self, method: str, params: dict[str, Any], timeout: float = 10.0) -> Any:
