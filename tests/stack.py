@@ -43,6 +43,15 @@ def post_json(url: str, payload: Any, *, headers: dict[str, str] | None = None, 
             return exc.code, raw.decode(errors="replace")
 
 
+def get_text(url: str, *, timeout: float = 10) -> tuple[int, str]:
+    """GET a URL on a new connection; the status and body, also for HTTP errors."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 class ClaveProcess:
     def __init__(
         self,

@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from tests.stack import ClaveProcess, RpcFailure
+from tests.stack import ClaveProcess, RpcFailure, get_text
 
 WORKERS = 3
 CALLS = 60  # new connections per check; all landing on one of 3 processes has odds of about 3 * (2/3)^60
@@ -43,14 +42,6 @@ def _worker_pids(clave: ClaveProcess) -> list[int]:
 def _cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def _sign(clave: ClaveProcess, address: str, data: bytes) -> None:
@@ -106,7 +97,7 @@ def test_workers_take_in_new_accounts_in_the_background(pool: ClaveProcess) -> N
     while True:  # /healthz reads the process's own view and never asks the store itself
         counts = set()
         for _ in range(CALLS // 2):
-            status, body = _get(pool.url + "/healthz")
+            status, body = get_text(pool.url + "/healthz")
             counts.add(int(re.search(r'"keys_loaded": (\d+)', body).group(1)))  # type: ignore[union-attr]
         if counts == {total}:
             break
@@ -118,7 +109,7 @@ def test_metrics_and_health_add_up_across_processes(pool: ClaveProcess) -> None:
     address = pool.rpc("account_new")
 
     def counted() -> float:
-        status, text = _get(pool.url + "/metrics")
+        status, text = get_text(pool.url + "/metrics")
         assert status == 200
         match = re.search(r'^clave_requests_total\{method="eth_sign",outcome="ok"\} (\S+)$', text, re.M)
         return float(match.group(1)) if match else 0.0
@@ -130,7 +121,7 @@ def test_metrics_and_health_add_up_across_processes(pool: ClaveProcess) -> None:
     assert totals == {start + CALLS}
     bodies = set()
     for _ in range(CALLS // 3):
-        status, body = _get(pool.url + "/healthz")
+        status, body = get_text(pool.url + "/healthz")
         assert status == 200, body
         bodies.add(re.sub(r'"attestation_age_seconds": [0-9.]+', "", body))
     assert len(bodies) == 1, bodies

@@ -5,20 +5,11 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import ClaveProcess, RpcFailure
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+from tests.stack import ClaveProcess, RpcFailure, get_text
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -30,20 +21,20 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_upcheck_healthz_metrics(clave: ClaveProcess) -> None:
-    assert _get(clave.url + "/upcheck") == (200, "OK")
-    status, body = _get(clave.url + "/healthz")
+    assert get_text(clave.url + "/upcheck") == (200, "OK")
+    status, body = get_text(clave.url + "/healthz")
     health = json.loads(body)
     assert status == 200 and health["ready"] and health["attested"] and health["store_reachable"]
     assert health["enclave_reachable"] and health["keys_unsealed"]
 
     address = clave.rpc("account_new")
-    before = _samples(_get(clave.url + "/metrics")[1])
+    before = _samples(get_text(clave.url + "/metrics")[1])
     clave.rpc("eth_sign", address, "0x01")
     try:
         clave.rpc("eth_sign", "0x" + "ee" * 20, "0x01")
     except RpcFailure:
         pass
-    after = _samples(_get(clave.url + "/metrics")[1])
+    after = _samples(get_text(clave.url + "/metrics")[1])
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
@@ -57,7 +48,7 @@ def test_upcheck_healthz_metrics(clave: ClaveProcess) -> None:
     assert after[("clave_keys_loaded", ())] >= 1
     assert after[("clave_attestation_ok", ())] == 1
     assert after[("clave_kms_calls_total", (("operation", "GenerateDataKey"), ("outcome", "ok")))] == 1
-    text = _get(clave.url + "/metrics")[1]
+    text = get_text(clave.url + "/metrics")[1]
     assert address not in text and address[2:] not in text  # labels never carry accounts
 
 
@@ -90,7 +81,7 @@ def test_json_log_lines(tmp_path: Path) -> None:
 def test_dashboard_and_alerts_use_real_metric_names(clave: ClaveProcess) -> None:
     from tests.conftest import ROOT
 
-    served = {family.name for family in text_string_to_metric_families(_get(clave.url + "/metrics")[1])}
+    served = {family.name for family in text_string_to_metric_families(get_text(clave.url + "/metrics")[1])}
     served |= {f"{name}_total" for name in served} | {f"{name}_bucket" for name in served}
     text = (ROOT / "monitoring" / "grafana-dashboard.json").read_text()
     text += (ROOT / "monitoring" / "clave-alerts.yml").read_text()
