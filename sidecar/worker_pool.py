@@ -71,12 +71,11 @@ class WorkerPool:
         self._last: bytes = b""
         self._stopping = False
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._processes if p is not None and p.returncode is None]
+    def _status_line(self) -> bytes:
+        return json.dumps(status_update(self.signer)).encode() + b"\n"
 
     def start(self) -> None:
-        self._last = json.dumps(status_update(self.signer)).encode() + b"\n"
+        self._last = self._status_line()
         self._tasks = [asyncio.create_task(self._supervise(i)) for i in range(self.count)]
         self._tasks.append(asyncio.create_task(self._broadcast()))
 
@@ -108,7 +107,7 @@ class WorkerPool:
     async def _broadcast(self) -> None:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
-            line = json.dumps(status_update(self.signer)).encode() + b"\n"
+            line = self._status_line()
             if line == self._last:
                 continue
             self._last = line
