@@ -44,8 +44,8 @@ test: install-test
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(PY) -m pytest -q $(ARGS)
 
 lint: install-test
-	$(VENV)/bin/ruff check sidecar enclave tests
-	$(VENV)/bin/mypy sidecar enclave
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
 
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[bench]'

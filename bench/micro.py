@@ -143,8 +143,8 @@ def enclave_encode_sign(duration: float) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         from coincurve import PrivateKey
 
-        from enclave.encoding import transactions
-        from enclave.signing import address_of, sign_preimage
+        from clave.core.eth import transactions
+        from clave.enclave.signing import address_of, sign_preimage
 
         key = PrivateKey()
         address = "0x" + address_of(key.public_key).hex()
@@ -167,8 +167,8 @@ def enclave_handler(duration: float, state_dir: str) -> dict[str, Any]:
     def body() -> dict[str, Any]:
         from pathlib import Path
 
-        from enclave.nitro.soft_nsm import SoftwareNsm
-        from enclave.service import EnclaveService
+        from clave.dev.soft_nsm import SoftwareNsm
+        from clave.enclave.service import EnclaveService
 
         service = EnclaveService(SoftwareNsm(Path(state_dir)))
         secret = os.urandom(32)
@@ -187,7 +187,7 @@ def enclave_handler(duration: float, state_dir: str) -> dict[str, Any]:
 
 
 async def _frames(sock_path: str, address: bytes, duration: float, window: int) -> tuple[dict[str, Any], list[Any]]:
-    from enclave import protocol
+    from clave.link import frames as protocol
 
     reader, writer = await asyncio.open_unix_connection(sock_path, limit=16 * 1024 * 1024)
     pending: dict[int, float] = {}

@@ -535,7 +535,7 @@ class Bench:
             keydir = workdir / "keystore"
             log(f"writing {count} standard-scrypt (n=2^18) keyfiles")
             addresses = micro.make_scrypt_keyfiles(str(keydir), count, password, self.args.processes)
-            argv = [sys.executable, "-m", "sidecar.cli", "account", "import", "DIR", "--password-file", str(pw_file),
+            argv = [sys.executable, "-m", "clave.cli", "account", "import", "DIR", "--password-file", str(pw_file),
                     "--datadir", str(self.stack.datadir)]
             env = {**os.environ, "PYTHONPATH": str(REPO)}
 

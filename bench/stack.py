@@ -116,7 +116,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 class ClaveStack:
-    """`clave up` on a datadir, started by us (`python -m sidecar.cli up`), or a running one (url + ipc)."""
+    """`clave up` on a datadir, started by us (`python -m clave.cli up`), or a running one (url + ipc)."""
 
     def __init__(self, datadir: Path | None, *, url: str | None = None, ipc: str | None = None, chain_id: int = 1,
                  python: str = sys.executable, http_workers: int = 1) -> None:
@@ -134,7 +134,7 @@ class ClaveStack:
         """Start and wait for the `clave ready` line; return the seconds it took."""
         assert self.datadir is not None
         port = free_port()
-        argv = [self.python, "-m", "sidecar.cli", "up", "--datadir", str(self.datadir), "--http.port", str(port),
+        argv = [self.python, "-m", "clave.cli", "up", "--datadir", str(self.datadir), "--http.port", str(port),
                 "--chainid", str(self.chain_id), "--http.workers", str(self.http_workers)]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -187,11 +187,11 @@ class ClaveStack:
         out["sidecar"] = [root]
         for child in children(root):
             line = cmdline(child)
-            if "-m enclave" in line:
+            if "clave.dev.enclave" in line:
                 out["enclave"] = [child]
             elif "kmsemu" in line:
                 out["kms-emulator"] = [child]
-            elif "sidecar.http_worker" in line:
+            elif "clave.sidecar.transports.http_worker" in line:
                 out["sidecar"].append(child)
         return out
 
@@ -200,7 +200,7 @@ class ClaveStack:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 line = cmdline(int(entry))
-                if " up " in line and ("sidecar.cli" in line or "clave" in line) and self.ipc and \
+                if " up " in line and ("clave.cli" in line or "clave" in line) and self.ipc and \
                         str(Path(self.ipc).parent) in line:
                     return int(entry)
         return None

@@ -83,7 +83,7 @@ class ClaveProcess:
         return self.datadir / "clave.ipc"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "sidecar.cli", "up", "--datadir", str(self.datadir),
+        return [sys.executable, "-m", "clave.cli", "up", "--datadir", str(self.datadir),
                 "--http.port", str(self.port), "--chainid", self.chain_ids, *self.extra]
 
     def start(self, timeout: float = 60, *, until_waiting: bool = False) -> None:
@@ -143,7 +143,7 @@ class ClaveProcess:
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "sidecar.cli", *args, "--datadir", str(self.datadir)],
+            [sys.executable, "-m", "clave.cli", *args, "--datadir", str(self.datadir)],
             capture_output=True, text=True, timeout=timeout,
         )
 

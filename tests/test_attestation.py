@@ -26,8 +26,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.errors import RequestError
-from sidecar.attestation import (
+from clave.core.errors import RequestError
+from clave.sidecar.trust.attestation import (
     AWS_NITRO_ROOT_G1_SHA256,
     AttestationDocument,
     AttestationError,

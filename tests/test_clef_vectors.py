@@ -23,10 +23,10 @@ from coincurve import PrivateKey
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
-from enclave.encoding.transactions import encode_signed
-from enclave.encoding.txjson import parse_geth_tx_json
-from enclave.encoding.typed_data import TypedDataDecodeError, typed_data_preimage
-from enclave.errors import RequestError
+from clave.core.errors import RequestError
+from clave.core.eth.transactions import encode_signed
+from clave.core.eth.txjson import parse_geth_tx_json
+from clave.core.eth.typed_data import TypedDataDecodeError, typed_data_preimage
 from tests.clients import import_key
 from tests.conftest import VECTORS
 from tests.ipc_peer import IpcPeer, go_json

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave.nitro.cms import (
+from clave.enclave.nitro.cms import (
     MAX_CMS_SIZE,
     CmsError,
     EnvelopedParts,

@@ -14,10 +14,10 @@ from eth_utils import to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enclave.encoding.clique import clique_seal_preimage
-from enclave.encoding.hashing import keccak256
-from enclave.encoding.messages import personal_message, validator_message
-from enclave.errors import RequestError
+from clave.core.errors import RequestError
+from clave.core.eth.clique import clique_seal_preimage
+from clave.core.eth.hashing import keccak256
+from clave.core.eth.messages import personal_message, validator_message
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 

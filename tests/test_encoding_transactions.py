@@ -16,11 +16,11 @@ from eth_utils import to_checksum_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave.encoding import rlp as our_rlp
-from enclave.encoding.hashing import keccak256
-from enclave.encoding.transactions import check_tx, encode_signed, signing_preimage, tx_hash
-from enclave.encoding.txjson import geth_tx_json, parse_geth_tx_json
-from enclave.errors import RequestError
+from clave.core.errors import RequestError
+from clave.core.eth import rlp as our_rlp
+from clave.core.eth.hashing import keccak256
+from clave.core.eth.transactions import check_tx, encode_signed, signing_preimage, tx_hash
+from clave.core.eth.txjson import geth_tx_json, parse_geth_tx_json
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 KEY = bytes.fromhex("b71c71a67e1177ad4e901695e1b4b9ee17ae16c6668d313eac2f96dbcda3f291")
@@ -676,7 +676,7 @@ def test_anvil_accepts_raw_transactions(anvil: Any, t: int) -> None:
 @settings(max_examples=200, deadline=None)
 @given(tx=transactions())
 def test_prepare_equals_preimage_and_encode_signed(tx: dict[str, Any]) -> None:
-    from enclave.encoding.transactions import prepare
+    from clave.core.eth.transactions import prepare
 
     preimage, finish = prepare(tx)
     assert preimage == signing_preimage(tx)
@@ -688,6 +688,6 @@ def test_prepare_equals_preimage_and_encode_signed(tx: dict[str, Any]) -> None:
 def test_keccak_backends_agree(data: bytes) -> None:
     from Crypto.Hash import keccak
 
-    from enclave.encoding.hashing import keccak256
+    from clave.core.eth.hashing import keccak256
 
     assert keccak256(data) == keccak.new(digest_bits=256, data=data).digest()

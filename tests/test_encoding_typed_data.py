@@ -11,15 +11,15 @@ import pytest
 from coincurve import PrivateKey
 from eth_account.messages import encode_typed_data
 
-from enclave.encoding.hashing import keccak256
-from enclave.encoding.typed_data import (
+from clave.core.errors import RequestError
+from clave.core.eth.hashing import keccak256
+from clave.core.eth.typed_data import (
     domain_separator,
     encode_data,
     encode_type,
     hash_struct,
     typed_data_preimage,
 )
-from enclave.errors import RequestError
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 GETH_CASES = VECTORS / "geth" / "eip712" / "typed-data.json"

@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enclave import protocol
-from enclave.nitro.soft_nsm import SoftwareNsm
-from enclave.server import FrameServer
-from enclave.service import EnclaveService
-from enclave.transport import parse_address, start_server
-from sidecar.enclave_client import EnclaveClient, EnclaveUnavailable
-from sidecar.kmsemu.cms_build import build_enveloped_data
+from clave.dev.kmsemu.cms_build import build_enveloped_data
+from clave.dev.soft_nsm import SoftwareNsm
+from clave.enclave.server import FrameServer
+from clave.enclave.service import EnclaveService
+from clave.link import frames as protocol
+from clave.link.sockets import parse_address, start_server
+from clave.sidecar.signing.enclave_client import EnclaveClient, EnclaveUnavailable
 
 
 @pytest.fixture(scope="module")

@@ -34,9 +34,9 @@ from eth_account.messages import encode_defunct
 from eth_account.typed_transactions.blob_transactions import blob_transaction as eth_blob
 from eth_utils import keccak, to_checksum_address
 
-from enclave.encoding.transactions import encode_signed
-from enclave.encoding.transactions import tx_hash as hash_of
-from enclave.encoding.txjson import parse_geth_tx_json
+from clave.core.eth.transactions import encode_signed
+from clave.core.eth.transactions import tx_hash as hash_of
+from clave.core.eth.txjson import parse_geth_tx_json
 from tests.clients import blob_network_form, send_and_mine
 from tests.ipc_peer import IpcPeer, go_json
 from tests.stack import Anvil, ClaveProcess, RpcFailure

@@ -9,17 +9,17 @@ from typing import Any
 import pytest
 from eth_utils import keccak
 
-from enclave.encoding.typed_data import typed_data_preimage
-from enclave.errors import RequestError
-from sidecar.gnosis import (
+from clave.core.errors import RequestError
+from clave.core.eth.typed_data import typed_data_preimage
+from clave.core.gojson import GoJSONError, loads
+from clave.sidecar.requests.gnosis import (
     gnosis_prepare,
     gnosis_result,
     gnosis_typed_data,
     gnosis_validation_args,
     parse_gnosis_tx,
 )
-from sidecar.gojson import GoJSONError, loads
-from sidecar.txargs import clef_reject_message, clef_validate
+from clave.sidecar.requests.txargs import clef_reject_message, clef_validate
 
 # signer/core/signed_data_test.go TestGnosisCustomData / TestGnosisCustomDataWithChainId (clef.md §7.2)
 GNOSIS_TX = """{

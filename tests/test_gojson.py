@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from enclave.errors import INVALID_PARAMS
-from sidecar.gojson import (
+from clave.core.errors import INVALID_PARAMS
+from clave.core.gojson import (
     GoJSONError,
     MixedcaseAddress,
     decode_address,
@@ -279,7 +279,7 @@ def test_lengths_are_counted_in_utf8_bytes_like_go():
 def test_checksum_matches_eth_utils(address: bytes) -> None:
     from eth_utils import to_checksum_address
 
-    from sidecar.gojson import checksum
+    from clave.core.gojson import checksum
 
     assert checksum(address) == to_checksum_address(address)
 
@@ -287,7 +287,7 @@ def test_checksum_matches_eth_utils(address: bytes) -> None:
 def test_decode_struct_with_short_lived_field_tables() -> None:
     """Field tables built per call must never be mistaken for one another: CPython hands a freed dict's
     id to the next dict, so a cache keyed by id alone mixes them up (it once lost `chainId`)."""
-    from sidecar.gojson import decode_struct, decode_uint64, pointer
+    from clave.core.gojson import decode_struct, decode_uint64, pointer
 
     def decode_with_fresh_table(names: list[str]) -> dict[str, int]:
         table = {name: pointer(decode_uint64) for name in names}

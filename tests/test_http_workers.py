@@ -34,7 +34,7 @@ def _worker_pids(clave: ClaveProcess) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if int(stat[1]) == clave.proc.pid and stat[0] != "Z" and b"sidecar.http_worker" in cmdline:
+        if int(stat[1]) == clave.proc.pid and stat[0] != "Z" and b"clave.sidecar.transports.http_worker" in cmdline:
             pids.append(int(entry.name))
     return sorted(pids)
 

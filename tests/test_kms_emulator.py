@@ -29,14 +29,14 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from enclave.errors import InfraError
-from enclave.nitro import nsm as nsm_api
-from enclave.nitro.cms import open_enveloped_data, parse_enveloped_data
-from enclave.nitro.soft_nsm import SoftwareNsm
-from sidecar.attestation import load_root
-from sidecar.kms import KmsRefused, KmsSealing, _map_error, key_policy, make_kms_client
-from sidecar.kmsemu.app import make_app
-from sidecar.kmsemu.cms_build import build_enveloped_data
+from clave.core.errors import InfraError
+from clave.dev.kmsemu.app import make_app
+from clave.dev.kmsemu.cms_build import build_enveloped_data
+from clave.dev.soft_nsm import SoftwareNsm
+from clave.enclave.nitro import nsm as nsm_api
+from clave.enclave.nitro.cms import open_enveloped_data, parse_enveloped_data
+from clave.sidecar.trust.attestation import load_root
+from clave.sidecar.trust.kms import KmsRefused, KmsSealing, _map_error, key_policy, make_kms_client
 
 REPO = Path(__file__).resolve().parents[1]
 CMS_VECTORS = REPO.parent / "shared" / "vectors" / "nitro" / "kms_cms_envelopes.json"
@@ -482,7 +482,7 @@ def _start(datadir: Path, root: Path) -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "sidecar.kmsemu",
+            "clave.dev.kmsemu",
             "--datadir",
             str(datadir),
             "--host",
@@ -552,7 +552,7 @@ def test_bad_root_file_exits_with_a_message(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "sidecar.kmsemu",
+            "clave.dev.kmsemu",
             "--datadir",
             str(tmp_path / "d"),
             "--root",

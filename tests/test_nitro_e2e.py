@@ -93,16 +93,16 @@ def test_attest_cli(clave: ClaveProcess, tmp_path: Path) -> None:
     pcr0 = report["document"]["pcrs"]["0"] if "0" in report["document"]["pcrs"] else report["document"]["pcrs"][0]
     assert re.fullmatch(r"[0-9a-f]{96}", pcr0)
     root = clave.datadir / "nsm" / "root.pem"
-    ok = subprocess.run([sys.executable, "-m", "sidecar.cli", "attest", "verify", str(out), "--root", str(root)],
+    ok = subprocess.run([sys.executable, "-m", "clave.cli", "attest", "verify", str(out), "--root", str(root)],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    pinned = subprocess.run([sys.executable, "-m", "sidecar.cli", "attest", "verify", str(out), "--root", str(root),
+    pinned = subprocess.run([sys.executable, "-m", "clave.cli", "attest", "verify", str(out), "--root", str(root),
                              "--pcr", f"0={'00' * 48}"], capture_output=True, text=True)
     assert pinned.returncode == 1 and "PCR0" in pinned.stdout
-    later = subprocess.run([sys.executable, "-m", "sidecar.cli", "attest", "verify", str(out), "--root", str(root),
+    later = subprocess.run([sys.executable, "-m", "clave.cli", "attest", "verify", str(out), "--root", str(root),
                             "--at", str(int(time.time() * 1000) + 4 * 3600 * 1000)], capture_output=True, text=True)
     assert later.returncode == 1 and json.loads(later.stdout)["verified"] is False
-    policy = subprocess.run([sys.executable, "-m", "sidecar.cli", "kms-policy", "--role-arn",
+    policy = subprocess.run([sys.executable, "-m", "clave.cli", "kms-policy", "--role-arn",
                              "arn:aws:iam::123456789012:role/clave", "--pcr0", pcr0], capture_output=True, text=True)
     assert policy.returncode == 0, policy.stderr
     assert pcr0 in policy.stdout and "kms:RecipientAttestation:PCR0" in policy.stdout
@@ -130,7 +130,7 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
     kms_dir = tmp_path / "kms"
     shutil.copytree(clave.datadir / "kms", kms_dir)
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.kmsemu", "--datadir", str(kms_dir), "--port", str(port),
+        [sys.executable, "-m", "clave.dev.kmsemu", "--datadir", str(kms_dir), "--port", str(port),
          "--root", str(clave.datadir / "nsm" / "root.pem"), "--max-age-ms", "3000"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -165,7 +165,7 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
 
 def test_attest_verify_cli_on_the_real_aws_document(vectors: Path) -> None:
     nitro = vectors / "nitro"
-    base = [sys.executable, "-m", "sidecar.cli", "attest", "verify", "--root", str(nitro / "aws_nitro_root_g1.pem"),
+    base = [sys.executable, "-m", "clave.cli", "attest", "verify", "--root", str(nitro / "aws_nitro_root_g1.pem"),
             "--aws-root", "--at", "1668034320696"]
     good = subprocess.run([*base, str(nitro / "aws_nitro_document.cbor")], capture_output=True, text=True)
     assert good.returncode == 0 and json.loads(good.stdout)["verified"] is True, good.stdout + good.stderr

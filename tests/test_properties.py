@@ -23,8 +23,8 @@ from eth_utils import keccak, to_checksum_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave.encoding.transactions import encode_signed
-from enclave.encoding.txjson import parse_geth_tx_json
+from clave.core.eth.transactions import encode_signed
+from clave.core.eth.txjson import parse_geth_tx_json
 from tests.clients import import_key, send_and_mine
 from tests.stack import Anvil, ClaveProcess
 

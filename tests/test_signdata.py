@@ -10,8 +10,8 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from enclave.errors import RequestError
-from sidecar.signdata import (
+from clave.core.errors import RequestError
+from clave.sidecar.requests.signdata import (
     ec_recover,
     ec_recover_check,
     parse_media_type,
@@ -145,7 +145,7 @@ def test_typed_data_is_the_json_text_in_hex():
 def test_typed_data_digest_matches_readme_vector():
     from eth_utils import keccak
 
-    from enclave.encoding.typed_data import typed_data_preimage
+    from clave.core.eth.typed_data import typed_data_preimage
 
     case = _cases()["clef README account_signTypedData (EIP-712 Mail), key = keccak256('cow')"]
     text = json.dumps(case["request"]["params"][1])

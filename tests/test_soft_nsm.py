@@ -12,7 +12,6 @@ import ctypes
 import datetime as dt
 import hashlib
 import os
-import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from enclave.nitro import nsm as api
-from enclave.nitro.nsm import NSM_IOCTL_RAW, DeviceNsm, NsmError, NsmRaw
-from enclave.nitro.soft_nsm import SoftwareNsm, measure_code, root_pem
-from sidecar.attestation import AttestationError, load_root, verify_attestation
+from clave.dev.image import build_app_dir
+from clave.dev.soft_nsm import SoftwareNsm, measure_code, root_pem
+from clave.enclave.nitro import nsm as api
+from clave.enclave.nitro.nsm import NSM_IOCTL_RAW, DeviceNsm, NsmError, NsmRaw
+from clave.sidecar.trust.attestation import AttestationError, load_root, verify_attestation
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "nitro"
 REAL_DOC = VECTORS / "aws_nitro_document.cbor"
@@ -40,7 +40,6 @@ NINE_KEYS = [
     "user_data",
     "nonce",
 ]
-ENCLAVE_PKG = Path(__file__).resolve().parents[1] / "enclave"
 T0 = 1_800_000_000.0  # a fixed clock: 2027-01-15
 
 
@@ -174,16 +173,15 @@ def test_pki_is_persisted_with_private_modes(state: Path) -> None:
 
 
 def test_a_code_change_changes_pcr0_and_pcr2_but_not_pcr1(tmp_path: Path) -> None:
-    code = tmp_path / "enclave"
-    shutil.copytree(ENCLAVE_PKG, code, ignore=shutil.ignore_patterns("__pycache__"))
+    code = build_app_dir(tmp_path / "app")
     before = SoftwareNsm(tmp_path / "s1", code_root=code, clock=Clock()).pcrs
     assert before[0] == measure_code(code)[0] and any(before[0])
-    with (code / "errors.py").open("a") as f:
+    with (code / "clave" / "core" / "errors.py").open("a") as f:
         f.write("\n# one more line\n")
     after = SoftwareNsm(tmp_path / "s2", code_root=code, clock=Clock()).pcrs
     assert after[0] != before[0] and after[2] != before[2] and after[1] == before[1]
     # Renaming a file (same bytes) is a different application too; caches are not code.
-    (code / "errors.py").rename(code / "errors2.py")
+    (code / "clave" / "core" / "errors.py").rename(code / "clave" / "core" / "errors2.py")
     assert measure_code(code)[0] != after[0]
     (code / "__pycache__").mkdir(exist_ok=True)
     (code / "__pycache__" / "x.py").write_text("cache")
@@ -191,8 +189,10 @@ def test_a_code_change_changes_pcr0_and_pcr2_but_not_pcr1(tmp_path: Path) -> Non
     assert measure_code(code)[0] == renamed
 
 
-def test_installed_code_is_what_the_default_measures(nsm: SoftwareNsm) -> None:
-    assert {i: nsm.pcrs[i] for i in (0, 1, 2)} == measure_code(ENCLAVE_PKG)
+def test_the_default_measures_exactly_the_image_files(nsm: SoftwareNsm, tmp_path: Path) -> None:
+    app = build_app_dir(tmp_path / "app")
+    assert {i: nsm.pcrs[i] for i in (0, 1, 2)} == measure_code(app)
+    assert measure_code(app) == measure_code(None)
 
 
 def test_pcr4_is_computed_as_nitro_does_from_the_instance_id(tmp_path: Path) -> None:

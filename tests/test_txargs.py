@@ -11,9 +11,9 @@ import rlp
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
-from enclave.errors import RequestError
-from sidecar.gojson import GoJSONError, invalid_argument, loads
-from sidecar.txargs import (
+from clave.core.errors import RequestError
+from clave.core.gojson import GoJSONError, invalid_argument, loads
+from clave.sidecar.requests.txargs import (
     CRIT,
     INFO,
     SIDECAR_REFUSED,

@@ -143,7 +143,7 @@ def test_management_methods_are_ipc_only(clave: ClaveProcess) -> None:
 
 def test_second_up_on_same_datadir_fails(clave: ClaveProcess) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "up", "--datadir", str(clave.datadir), "--http.port", "0"],
+        [sys.executable, "-m", "clave.cli", "up", "--datadir", str(clave.datadir), "--http.port", "0"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from enclave import sealing, validator
+from clave.enclave import opera_keys as validator
+from clave.enclave import sealing
 from tests.clients import KNOWN_SECRETS
 from tests.stack import ClaveProcess
 
@@ -218,7 +219,7 @@ def test_password_fifo_serves_every_reader_until_sigterm(tmp_path: Path) -> None
     fifo = tmp_path / "run" / "password"
     fifo.parent.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "validator", "password-fifo", "--fifo", str(fifo),
+        [sys.executable, "-m", "clave.cli", "validator", "password-fifo", "--fifo", str(fifo),
          "--password-file", str(tmp_path / "pw")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -244,7 +245,7 @@ def test_password_fifo_refuses_to_replace_a_file(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("x\n")
     (tmp_path / "password").write_text("not a fifo")
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", "validator", "password-fifo", "--fifo", str(tmp_path / "password"),
+        [sys.executable, "-m", "clave.cli", "validator", "password-fifo", "--fifo", str(tmp_path / "password"),
          "--password-file", str(tmp_path / "pw")],
         capture_output=True, text=True, timeout=30,
     )

@@ -27,10 +27,10 @@ from eth_account.messages import encode_defunct
 from eth_keyfile import create_keyfile_json
 from eth_utils import keccak, to_checksum_address
 
-from enclave.encoding.transactions import encode_signed
-from enclave.encoding.txjson import parse_geth_tx_json
-from enclave.envelope import seal_to
-from sidecar.attestation import PcrPolicy, load_root, verify_attestation
+from clave.core.envelope import seal_to
+from clave.core.eth.transactions import encode_signed
+from clave.core.eth.txjson import parse_geth_tx_json
+from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
 from tests.clients import KNOWN_SECRETS, import_key
 from tests.ipc_peer import IpcPeer, go_json, result_of
 from tests.stack import ClaveProcess, RpcFailure, post_json

@@ -1,0 +1,1 @@
+"""The `clave` command: the only code that prints to the terminal and exits."""

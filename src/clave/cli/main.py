@@ -1,0 +1,464 @@
+"""The `clave` command line. The library raises; only this module prints and exits."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from clave.cli.validator import add_validator_commands
+from clave.sidecar.config import (
+    DEFAULT_DATADIR,
+    DEFAULT_HTTP_ADDR,
+    DEFAULT_HTTP_PORT,
+    SidecarConfig,
+    parse_chain_ids,
+    parse_pcr,
+)
+from clave.sidecar.secretfiles import write_new_private
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datadir", default=str(DEFAULT_DATADIR), help="data directory (default ~/.clave)")
+    parser.add_argument("--ipcpath", default=None, help="IPC socket path (default <datadir>/clave.ipc)")
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """Options of commands that talk to a running clave and send it secrets (after attesting it)."""
+    _add_common(parser)
+    parser.add_argument("--attestation-root", default=None, help="PEM of the attestation root to trust")
+    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="require this PCR value")
+
+
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--http.addr", dest="http_addr", default=DEFAULT_HTTP_ADDR)
+    parser.add_argument("--http.port", dest="http_port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--nohttp", action="store_true", help="serve IPC only")
+    parser.add_argument("--chainid", default="1", help="chain id(s) to sign for, comma separated (default 1)")
+    parser.add_argument("--http.vhosts", dest="http_vhosts", default="localhost", help="comma-separated Host names accepted")
+    parser.add_argument("--http.corsdomain", dest="http_corsdomain", default="", help="comma-separated CORS origins")
+    parser.add_argument("--http.auth-token-file", dest="http_auth_token_file", default=None,
+                        help="require 'Authorization: Bearer <token>' with the token in this file")
+    parser.add_argument("--rpc.txfeecap", dest="txfeecap", type=float, default=1.0,
+                        help="eth_signTransaction fee cap in ether (0 = no cap)")
+    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="pin an enclave PCR value")
+    parser.add_argument("--log.json", dest="log_json", action="store_true", help="log JSON lines")
+    parser.add_argument("--http.workers", dest="http_workers", type=_workers, default=1,
+                        help="processes serving HTTP on the same port (default 1; one per core for throughput)")
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def config_from_args(args: argparse.Namespace) -> SidecarConfig:
+    datadir = Path(os.path.expanduser(args.datadir)).absolute()
+    try:
+        chain_ids = parse_chain_ids(args.chainid)
+        pcrs = dict(parse_pcr(p) for p in args.pcr)
+    except ValueError as exc:
+        raise SystemExit(f"clave: {exc}") from None
+    return SidecarConfig(
+        datadir=datadir,
+        http_addr=args.http_addr,
+        http_port=args.http_port,
+        http_enabled=not args.nohttp,
+        ipcpath=Path(os.path.expanduser(args.ipcpath)).absolute() if args.ipcpath else None,
+        chain_ids=chain_ids,
+        vhosts=_split(args.http_vhosts),
+        cors_domains=_split(args.http_corsdomain),
+        auth_token_file=Path(args.http_auth_token_file) if args.http_auth_token_file else None,
+        pcrs=pcrs,
+        log_json=args.log_json,
+        tx_fee_cap_wei=int(args.txfeecap * 10**18),
+        http_workers=args.http_workers,
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from clave.sidecar.datadir import datadir_lock
+    from clave.sidecar.observe.logs import setup_logging
+
+    config = config_from_args(args)
+    setup_logging(config.log_json)
+    with datadir_lock(config.datadir):
+        config.export_metrics_dir()
+        from clave.dev.local import up  # imported only now, as in cmd_serve
+
+        return up(config, accept_new_enclave=args.accept_new_enclave)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from clave.sidecar.datadir import datadir_lock
+    from clave.sidecar.observe.logs import setup_logging
+
+    config = config_from_args(args)
+    config.enclave = args.enclave
+    config.kms_key_id = args.kms_key_id
+    config.kms_region = args.kms_region
+    config.kms_endpoint = args.kms_endpoint
+    config.attestation_root = Path(args.attestation_root) if args.attestation_root else None
+    config.attestation_root_fingerprint = args.attestation_root_fingerprint
+    config.allow_debug_enclave = args.allow_debug_enclave
+    setup_logging(config.log_json)
+    with datadir_lock(config.datadir):
+        config.export_metrics_dir()
+        # Imported only now: prometheus_client reads the metrics directory when it is first imported.
+        from clave.sidecar.serve import serve
+
+        return serve(config)
+
+
+def cmd_enclave(args: argparse.Namespace) -> int:
+    if args.nsm == "software":
+        if not args.nsm_state:
+            raise SystemExit("clave: --nsm software needs --nsm-state DIR")
+        from clave.dev.enclave import main as local_enclave_main
+
+        local_enclave_main(["--listen", args.listen, "--nsm-state", args.nsm_state])
+    else:
+        from clave.enclave.runner import main as enclave_main
+
+        enclave_main(["--listen", args.listen])
+    return 0
+
+
+def cmd_kms_emulator(args: argparse.Namespace) -> int:
+    from clave.dev.kmsemu.__main__ import main as kms_main
+
+    kms_main(["--datadir", args.datadir, "--host", args.host, "--port", str(args.port), "--root", args.root])
+    return 0
+
+
+def cmd_attest(args: argparse.Namespace) -> int:
+    from clave.sidecar.trust.attestation import describe
+
+    if args.attest_command == "verify":
+        return cmd_attest_verify(args)
+    with _with_client(args) as client:
+        nonce = bytes.fromhex(args.nonce.removeprefix("0x")) if args.nonce else os.urandom(32)
+        document = bytes.fromhex(client.call("clave_attest", "0x" + nonce.hex())[2:])
+    result: dict[str, Any] = {"nonce": nonce.hex()}
+    try:
+        verified = _verify_document(document, args, nonce=nonce, at_ms=int(time.time() * 1000))
+        result.update(verified=True, document=describe(verified))
+    except Exception as exc:
+        result.update(verified=False, error=str(exc))
+    if args.out:
+        Path(args.out).write_bytes(document)
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result["verified"] else 1
+
+
+def _verify_document(document: bytes, args: argparse.Namespace, *, nonce: bytes | None, at_ms: int):  # type: ignore[no-untyped-def]
+    from clave.sidecar.trust.attestation import (
+        AWS_NITRO_ROOT_G1_SHA256,
+        PcrPolicy,
+        load_root,
+        verify_attestation,
+    )
+
+    # Default: the local software NSM's dev root; --root for any other (AWS Root-G1 in production).
+    root_path = Path(args.root) if args.root else Path(os.path.expanduser(args.datadir)).absolute() / "nsm" / "root.pem"
+    try:
+        root_data = root_path.read_bytes()
+    except OSError:
+        raise SystemExit(f"clave: {root_path}: cannot read the root; pass --root PEM (AWS Nitro Root-G1)") from None
+    root = load_root(root_data, fingerprint=AWS_NITRO_ROOT_G1_SHA256 if args.aws_root else None)
+    pcrs = dict(parse_pcr(p) for p in args.pcr)
+    return verify_attestation(
+        document, root=root, now_ms=at_ms, pcr_policy=PcrPolicy(expected=pcrs, allow_debug=args.allow_debug),
+        expected_nonce=nonce,
+    )
+
+
+def cmd_attest_verify(args: argparse.Namespace) -> int:
+    from clave.sidecar.trust.attestation import describe
+
+    try:
+        document = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"clave: {args.file}: {exc.strerror}") from None
+    at_ms = args.at if args.at is not None else int(time.time() * 1000)
+    try:
+        verified = _verify_document(document, args, nonce=None, at_ms=at_ms)
+    except Exception as exc:
+        print(json.dumps({"file": args.file, "verified": False, "error": str(exc)}, indent=2))
+        return 1
+    print(json.dumps({"file": args.file, "verified": True, "document": describe(verified)}, indent=2, default=str))
+    return 0
+
+
+def cmd_kms_policy(args: argparse.Namespace) -> int:
+    from clave.sidecar.trust.kms import key_policy
+
+    pcrs = {}
+    for index in range(0, 16):
+        value = getattr(args, f"pcr{index}", None)
+        if value:
+            pcrs[index] = value.removeprefix("0x")
+    try:
+        policy = key_policy(args.role_arn, pcrs, args.image_sha384, admin_arn=args.admin_arn)
+    except ValueError as exc:
+        raise SystemExit(f"clave: {exc}") from None
+    print(json.dumps(policy, indent=2))
+    return 0
+
+
+# -- account commands -------------------------------------------------------------------------------
+
+
+def _ipc_path(args: argparse.Namespace) -> Path:
+    if args.ipcpath:
+        return Path(os.path.expanduser(args.ipcpath)).absolute()
+    return Path(os.path.expanduser(args.datadir)).absolute() / "clave.ipc"
+
+
+def _read_password(path: str) -> str:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SystemExit(f"clave: {path}: cannot read password file: {exc.strerror}") from None
+    lines = text.splitlines()
+    # geth reads the first line of --password files and trims the line ending only.
+    return lines[0] if lines else ""
+
+
+def _attested_public_key(client: Any, args: argparse.Namespace) -> bytes:
+    """Ask the enclave for a fresh attestation and check it here, so secrets go only to a genuine enclave."""
+    from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
+
+    datadir = Path(os.path.expanduser(args.datadir)).absolute()
+    root_path = Path(args.attestation_root) if args.attestation_root else datadir / "nsm" / "root.pem"
+    if not root_path.exists():
+        raise SystemExit(f"clave: {root_path}: no attestation root; pass --attestation-root PEM")
+    root = load_root(root_path.read_bytes())
+    nonce = os.urandom(32)
+    document = bytes.fromhex(client.call("clave_attest", "0x" + nonce.hex())[2:])
+    pcrs = dict(parse_pcr(p) for p in args.pcr)
+    verified = verify_attestation(
+        document, root=root, now_ms=int(time.time() * 1000), pcr_policy=PcrPolicy(expected=pcrs, allow_debug=not pcrs),
+        expected_nonce=nonce, max_age_ms=5 * 60 * 1000,
+    )
+    if verified.public_key is None:
+        raise SystemExit("clave: the enclave's attestation carries no public key")
+    return verified.public_key
+
+
+def _with_client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from clave.sidecar.transports.ipc_client import IpcClient
+
+    try:
+        return IpcClient(_ipc_path(args))
+    except ConnectionError as exc:
+        raise SystemExit(f"clave: {exc}") from None
+
+
+def cmd_account_new(args: argparse.Namespace) -> int:
+    with _with_client(args) as client:
+        addresses = client.call("clave_newAccount", {"count": args.count, "exportable": args.exportable})
+    for address in addresses:
+        print(f"Public address of the key:   {address}")
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace) -> int:
+    with _with_client(args) as client:
+        accounts = client.call("clave_listAccounts")
+    for i, account in enumerate(accounts):
+        export = "exportable" if account["exportable"] else "not exportable"
+        print(f"Account #{i}: {{{account['address'][2:]}}} origin={account['origin']} {export}")
+    return 0
+
+
+def cmd_account_import(args: argparse.Namespace) -> int:
+    from clave.cli.keystore_scan import scan
+    from clave.core.envelope import seal_to
+    from clave.sidecar.transports.ipc_client import RpcCallError
+
+    password = _read_password(args.password_file)
+    source = Path(args.path)
+    if not source.exists():
+        raise SystemExit(f"clave: {source}: no such file or directory")
+    with _with_client(args) as client:
+        public_key = _attested_public_key(client, args)
+    candidates = [c for c in scan(source) if not c.skipped]
+    failures = 0
+    for candidate in candidates:
+        if candidate.problem is not None or candidate.text is None:
+            print(f"clave: {candidate.path}: skipped: {candidate.problem}", file=sys.stderr)
+            failures += 1
+    good = [c for c in candidates if c.problem is None and c.text is not None]
+    local = threading.local()
+
+    def import_one(candidate: Any) -> tuple[Any, str | None, str | None]:
+        # One IPC connection per worker: the enclave decrypts concurrent imports on all its cores.
+        if not hasattr(local, "client"):
+            local.client = _with_client(args)
+        envelope = seal_to(public_key, {"keyfile": candidate.text, "password": password})
+        try:
+            return candidate, local.client.call("clave_importKeyfile", "0x" + envelope.hex(), bool(args.exportable)), None
+        except RpcCallError as exc:
+            return candidate, None, exc.message
+
+    imported = 0
+    jobs = max(1, args.jobs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for candidate, address, error in pool.map(import_one, good):
+            if error is not None:
+                print(f"clave: {candidate.path}: {error}", file=sys.stderr)
+                failures += 1
+            else:
+                imported += 1
+                print(f"Imported {address} from {candidate.path}")
+    print(f"{imported} imported, {failures} failed", file=sys.stderr)
+    return 1 if failures or not imported else 0
+
+
+def cmd_account_export(args: argparse.Namespace) -> int:
+    from clave.core.envelope import seal_to
+    from clave.sidecar.transports.ipc_client import RpcCallError
+
+    password = _read_password(args.password_file)
+    if not password:
+        raise SystemExit(f"clave: {args.password_file}: the export password is empty")
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"clave: {out}: already exists; refusing to overwrite")  # before asking the enclave
+    with _with_client(args) as client:
+        public_key = _attested_public_key(client, args)
+        envelope = seal_to(public_key, {"password": password})
+        try:
+            keyfile = client.call("clave_exportKeyfile", args.address, "0x" + envelope.hex())
+        except RpcCallError as exc:
+            raise SystemExit(f"clave: export {args.address}: {exc.message}") from None
+    write_new_private(out, keyfile)
+    print(f"Exported {args.address} to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clave", description="Ethereum signer whose keys live in an AWS Nitro Enclave")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the local enclave, KMS emulator and sidecar")
+    _add_server(up)
+    up.add_argument("--accept-new-enclave", action="store_true",
+                    help="local mode: after a code change, add the new enclave PCR0 to the local KMS key policy")
+    up.set_defaults(func=cmd_up)
+
+    account = sub.add_parser("account", help="manage accounts of a running clave")
+    acc = account.add_subparsers(dest="account_command", required=True)
+
+    def account_parser(name: str, help_: str) -> argparse.ArgumentParser:
+        p = acc.add_parser(name, help=help_)
+        add_client_options(p)
+        return p
+
+    new = account_parser("new", "generate a key inside the enclave")
+    new.add_argument("--exportable", action="store_true", help="allow exporting this key later")
+    new.add_argument("--count", type=int, default=1)
+    new.set_defaults(func=cmd_account_new)
+    lst = account_parser("list", "list accounts")
+    lst.set_defaults(func=cmd_account_list)
+    imp = account_parser("import", "import a V3 keyfile or a keystore directory")
+    imp.add_argument("path")
+    imp.add_argument("--password-file", required=True)
+    imp.add_argument("--exportable", action="store_true")
+    imp.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                     help="keyfiles decrypted at once in the enclave (default: the number of cores)")
+    imp.set_defaults(func=cmd_account_import)
+    exp = account_parser("export", "export an exportable account as a V3 keyfile")
+    exp.add_argument("address")
+    exp.add_argument("--password-file", required=True)
+    exp.add_argument("--out", required=True)
+    exp.set_defaults(func=cmd_account_export)
+    serve = sub.add_parser("serve", help="run the sidecar beside an enclave (production; systemd runs this)")
+    _add_server(serve)
+    serve.add_argument("--enclave", required=True, help="enclave address: vsock://CID:PORT or unix:PATH")
+    serve.add_argument("--kms-key-id", default=None, help="KMS key id or ARN holding the master data key")
+    serve.add_argument("--kms-region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    serve.add_argument("--kms-endpoint", default=None, help="KMS endpoint URL (the local emulator in local mode)")
+    serve.add_argument("--attestation-root", default=None, help="PEM of the attestation root (AWS Nitro Root-G1)")
+    serve.add_argument("--attestation-root-fingerprint", default=None,
+                       help="required SHA-256 of the root's DER (Root-G1: 641a0321…bb5b)")
+    serve.add_argument("--allow-debug-enclave", action="store_true", help="accept debug-mode enclaves (PCR0 zero)")
+    serve.set_defaults(func=cmd_serve)
+
+    enc = sub.add_parser("enclave", help="run the enclave service (inside the EIF, or locally)")
+    enc.add_argument("--listen", required=True)
+    enc.add_argument("--nsm", choices=("device", "software"), default="device")
+    enc.add_argument("--nsm-state", default=None)
+    enc.set_defaults(func=cmd_enclave)
+
+    kmse = sub.add_parser("kms-emulator", help="run the local KMS emulator")
+    kmse.add_argument("--datadir", required=True)
+    kmse.add_argument("--host", default="127.0.0.1")
+    kmse.add_argument("--port", type=int, default=0)
+    kmse.add_argument("--root", required=True, help="attestation root PEM (the software NSM's root.pem)")
+    kmse.set_defaults(func=cmd_kms_emulator)
+
+    att = sub.add_parser("attest", help="fetch and verify the enclave's attestation document")
+    _add_common(att)
+    att.add_argument("--nonce", default=None, help="hex nonce (default: 32 random bytes)")
+    att.add_argument("--root", default=None, help="root PEM (default: the local software NSM root)")
+    att.add_argument("--aws-root", action="store_true", help="require the root to be AWS Nitro Root-G1")
+    att.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
+    att.add_argument("--allow-debug", action="store_true")
+    att.add_argument("--out", default=None, help="also save the document here")
+    att.set_defaults(func=cmd_attest, attest_command=None)
+    att_sub = att.add_subparsers(dest="attest_command")
+    ver = att_sub.add_parser("verify", help="verify a saved attestation document")
+    ver.add_argument("file")
+    ver.add_argument("--at", type=int, default=None, help="verify at this time (unix ms)")
+    ver.add_argument("--root", default=None)
+    ver.add_argument("--aws-root", action="store_true")
+    ver.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
+    ver.add_argument("--allow-debug", action="store_true")
+    ver.add_argument("--datadir", default=str(DEFAULT_DATADIR))
+    ver.set_defaults(func=cmd_attest)
+
+    pol = sub.add_parser("kms-policy", help="print the KMS key policy that admits only this enclave image")
+    pol.add_argument("--role-arn", required=True, help="IAM role of the parent instance")
+    pol.add_argument("--admin-arn", default=None, help="principal that administers the key (default: account root)")
+    pol.add_argument("--image-sha384", default=None)
+    for index in (0, 1, 2, 3, 4, 8):
+        pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
+    pol.set_defaults(func=cmd_kms_policy)
+    add_validator_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # the library raises typed errors; show the message, not a traceback
+        from clave.core.errors import ClaveError
+
+        if isinstance(exc, ClaveError):
+            print(f"clave: {exc.message}", file=sys.stderr)
+            code = 1
+        else:
+            raise
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

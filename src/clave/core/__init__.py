@@ -1,0 +1,1 @@
+"""Pure code both processes share: errors, Go/JSON compatibility, Ethereum encoders, envelopes. No I/O."""

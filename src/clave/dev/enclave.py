@@ -1,0 +1,25 @@
+"""The enclave service with the software NSM, for local runs and CI:
+`python -m clave.dev.enclave --listen unix:PATH --nsm-state DIR`. The same service code as the image;
+only the NSM differs, and this module never enters the image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clave.dev.soft_nsm import SoftwareNsm
+from clave.enclave.runner import serve, setup_logging
+from clave.link import aio
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="clave-enclave-local")
+    parser.add_argument("--listen", required=True, help="unix:PATH (or vsock://CID:PORT)")
+    parser.add_argument("--nsm-state", required=True, help="state directory of the software NSM")
+    args = parser.parse_args(argv)
+    setup_logging()
+    aio.run(serve(args.listen, SoftwareNsm(Path(args.nsm_state))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""`clave up`: the whole stack on one machine, with the production sidecar code.
+
+Children: the enclave service (a local process with the software NSM, reached over a unix socket) and the
+KMS emulator (reached by boto3 through endpoint_url). The enclave is supervised like the Nitro watchdog
+does it: when it dies it is started again, and the sidecar attests and unseals again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import IO
+
+from clave.link import aio
+from clave.sidecar.config import SidecarConfig
+from clave.sidecar.serve import run_sidecar, stop_event
+from clave.sidecar.signing.signer import AttestationConfig
+from clave.sidecar.trust.attestation import PcrPolicy, load_root
+
+log = logging.getLogger("clave.up")
+
+READY_TIMEOUT = 30.0
+
+
+class Child:
+    """A supervised child process whose readiness is one line on its stdout."""
+
+    def __init__(self, name: str, argv: list[str], ready: re.Pattern[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.ready = ready
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+        self.match: re.Match[str] | None = None
+        self.restarts = 0
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._log: IO[bytes] | None = None
+
+    async def start(self) -> re.Match[str]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._log = open(self.log_path, "ab")
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True
+        )
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                while True:
+                    line = await self.process.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"{self.name} exited before it was ready (see {self.log_path})")
+                    self._log.write(line)
+                    self._log.flush()
+                    match = self.ready.search(line.decode(errors="replace"))
+                    if match:
+                        self.match = match
+                        break
+        except TimeoutError:
+            raise RuntimeError(f"{self.name} was not ready within {READY_TIMEOUT:g}s (see {self.log_path})") from None
+        asyncio.create_task(self._drain(self.process))
+        return match
+
+    async def _drain(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            if self._log is not None:
+                self._log.write(line)
+                self._log.flush()
+
+    def supervise(self) -> None:
+        self._supervisor = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        delay = 0.2
+        while not self._stopping:
+            assert self.process is not None
+            code = await self.process.wait()
+            _kill_group(self.process.pid)  # helpers it left behind (the enclave's keyfile workers)
+            if self._stopping:
+                return
+            log.warning("%s exited with %s; restarting", self.name, code)
+            await asyncio.sleep(delay)
+            try:
+                await self.start()
+                self.restarts += 1
+                delay = 0.2
+            except RuntimeError as exc:
+                log.error("%s", exc)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 5)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self.process is not None:
+            _kill_group(self.process.pid)
+        if self._log is not None:
+            self._log.close()
+
+
+def _kill_group(pgid: int) -> None:
+    """Children run in their own session (pgid = pid): end whatever of it is still running."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> int:
+    datadir = config.datadir
+    logs = datadir / "logs"
+    nsm_state = datadir / "nsm"
+    config.enclave = f"unix:{datadir / 'enclave.sock'}"
+    enclave = Child(
+        "enclave",
+        [sys.executable, "-m", "clave.dev.enclave", "--listen", config.enclave, "--nsm-state", str(nsm_state)],
+        re.compile(r"enclave listening"),
+        logs / "enclave.log",
+    )
+    kms = Child(
+        "kms-emulator",
+        [sys.executable, "-m", "clave.dev.kmsemu", "--datadir", str(datadir / "kms"), "--host", "127.0.0.1", "--port", "0",
+         "--root", str(nsm_state / "root.pem")],
+        re.compile(r"kms-emulator listening (\S+)"),
+        logs / "kms.log",
+    )
+    stop = stop_event()
+    try:
+        await enclave.start()
+        enclave.supervise()
+        match = await kms.start()
+        kms.supervise()
+        config.kms_endpoint = match.group(1)
+        root = load_root((nsm_state / "root.pem").read_bytes())
+        # The software NSM measures the installed code, so local PCR0 is real; the KMS key policy pins it.
+        attestation = AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True))
+        return await run_sidecar(
+            config,
+            attestation,
+            kms_endpoint=config.kms_endpoint,
+            provision_locally=config.kms_key_id is None,
+            stop=stop,
+            repin_locally=accept_new_enclave,
+        )
+    finally:
+        await kms.stop()
+        await enclave.stop()
+
+
+def up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> int:
+    """Run the stack; the caller holds the datadir lock (`datadir.datadir_lock`)."""
+    return aio.run(run_up(config, accept_new_enclave=accept_new_enclave))

@@ -1,0 +1,1 @@
+"""Request parsing with clef's and geth's rules: transaction args, signData content types, Gnosis Safe."""

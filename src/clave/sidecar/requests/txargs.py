@@ -1,0 +1,793 @@
+"""Transaction requests, as clef and geth understand them, turned into clave's normalized tx dict.
+
+Two request shapes exist and they do not agree:
+
+* clef's `SendTxArgs` (`account_signTransaction`, what geth's `--signer` sends): decoded, then graded
+  by `signer/fourbyte/validation.go` (hard errors, then WARNING/CRITICAL/Info messages; any WARNING or
+  CRITICAL rejects by default), then built by `SendTxArgs.ToTransaction`, whose type follows the fields
+  present (blob hashes → 3, maxFeePerGas → 2, accessList → 1, else 0).
+* geth's `TransactionArgs` (`eth_signTransaction`): its own required fields and fee rules
+  (`internal/ethapi`), default type 2, and `gasPrice` forcing legacy, so it never builds type 1.
+
+Nothing here signs; the enclave encodes and signs the normalized dict (`enclave.encoding`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import eth_abi
+from eth_abi.grammar import BasicType, TupleType, parse
+from eth_utils import keccak
+
+from clave.core.errors import RequestError
+from clave.core.gojson import (
+    ZERO_ADDRESS,
+    ZERO_MIXEDCASE,
+    GoJSONError,
+    MixedcaseAddress,
+    checksum,
+    decode_address,
+    decode_big,
+    decode_bytes,
+    decode_fixed,
+    decode_hash,
+    decode_mixedcase,
+    decode_struct,
+    decode_u256,
+    decode_uint8,
+    decode_uint64,
+    encode_quantity,
+    go_quote,
+    nested,
+    pointer,
+    slice_of,
+)
+
+WARN = "WARNING"
+CRIT = "CRITICAL"
+INFO = "Info"
+
+SIDECAR_REFUSED = "blob sidecars are not supported by clave; send blobVersionedHashes"
+DEFAULT_FEE_CAP_ETHER = 1.0  # geth --rpc.txfeecap
+MAX_BLOBS_PER_TX = 6
+
+AccessList = list[tuple[bytes, list[bytes]]]
+
+
+@dataclass(frozen=True)
+class ValidationMessage:
+    type: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+# --- shared field decoders ---------------------------------------------------------------------------
+
+
+_ACCESS_TUPLE_FIELDS = {"address": pointer(decode_address), "storageKeys": slice_of(decode_hash, "[]common.Hash")}
+
+
+def _access_tuple(value: Any) -> tuple[bytes, list[bytes]]:
+    # types.AccessTuple has a gencodec UnmarshalJSON: both fields are required.
+    got = decode_struct(value, _ACCESS_TUPLE_FIELDS, "AccessTuple", "types.AccessTuple")
+    if got.get("address") is None:
+        raise GoJSONError("missing required field 'address' for AccessTuple")
+    if got.get("storageKeys") is None:
+        raise GoJSONError("missing required field 'storageKeys' for AccessTuple")
+    return got["address"], got["storageKeys"]
+
+
+_ACCESS_LIST = pointer(slice_of(nested(_access_tuple), "types.AccessList"))
+
+
+def _blob(size: int, go_type: str) -> Callable[[Any], Any]:
+    return slice_of(lambda v: decode_fixed(v, size, go_type), f"[]{go_type}")
+
+
+_BLOB_FIELDS = {
+    "maxFeePerBlobGas": pointer(decode_big),
+    "blobVersionedHashes": slice_of(decode_hash, "[]common.Hash"),
+    "blobs": _blob(131072, "kzg4844.Blob"),
+    "commitments": _blob(48, "kzg4844.Commitment"),
+    "proofs": _blob(48, "kzg4844.Proof"),
+}
+
+
+def _has_sidecar(args: SendTxArgs | TransactionArgs) -> bool:
+    return args.blobs is not None or args.commitments is not None or args.proofs is not None
+
+
+def _calldata(args: SendTxArgs | TransactionArgs) -> bytes:
+    # Both Go types prefer "input" over "data".
+    if args.input is not None:
+        return args.input
+    return args.data if args.data is not None else b""
+
+
+# --- clef: SendTxArgs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SendTxArgs:
+    """signer/core/apitypes.SendTxArgs. None = the Go pointer/slice was nil."""
+
+    from_: MixedcaseAddress = ZERO_MIXEDCASE
+    to: MixedcaseAddress | None = None
+    gas: int = 0
+    gas_price: int | None = None
+    max_fee_per_gas: int | None = None
+    max_priority_fee_per_gas: int | None = None
+    value: int = 0
+    nonce: int = 0
+    data: bytes | None = None
+    input: bytes | None = None
+    access_list: AccessList | None = None
+    chain_id: int | None = None
+    max_fee_per_blob_gas: int | None = None
+    blob_versioned_hashes: list[bytes] | None = None
+    blob_version: int = 0
+    blobs: list[bytes] | None = None
+    commitments: list[bytes] | None = None
+    proofs: list[bytes] | None = None
+
+
+_SEND_TX_FIELDS = {
+    "from": decode_mixedcase,
+    "to": pointer(decode_mixedcase),
+    "gas": decode_uint64,
+    "gasPrice": pointer(decode_big),
+    "maxFeePerGas": pointer(decode_big),
+    "maxPriorityFeePerGas": pointer(decode_big),
+    "value": decode_big,
+    "nonce": decode_uint64,
+    "data": pointer(decode_bytes),
+    "input": pointer(decode_bytes),
+    "accessList": _ACCESS_LIST,
+    "chainId": pointer(decode_big),
+    "blobVersion": decode_uint8,
+    **_BLOB_FIELDS,
+}
+
+_ATTR = {
+    "from": "from_",
+    "gasPrice": "gas_price",
+    "maxFeePerGas": "max_fee_per_gas",
+    "maxPriorityFeePerGas": "max_priority_fee_per_gas",
+    "accessList": "access_list",
+    "chainId": "chain_id",
+    "maxFeePerBlobGas": "max_fee_per_blob_gas",
+    "blobVersionedHashes": "blob_versioned_hashes",
+    "blobVersion": "blob_version",
+}
+
+
+def _fill(target: Any, got: dict[str, Any]) -> Any:
+    for key, value in got.items():
+        name = _ATTR.get(key, key)
+        if value is None and not _nullable(target, name):
+            continue  # JSON null leaves a non-pointer Go field at its zero value
+        setattr(target, name, value)
+    return target
+
+
+def _nullable(target: Any, name: str) -> bool:
+    return target.__dataclass_fields__[name].default is None
+
+
+def parse_send_tx_args(obj: Any) -> SendTxArgs:
+    """Decode account_signTransaction's first parameter. Raises GoJSONError (wrap with invalid_argument)."""
+    return _fill(SendTxArgs(), decode_struct(obj, _SEND_TX_FIELDS, "SendTxArgs", "apitypes.SendTxArgs"))
+
+
+def _clef_build_checks(args: SendTxArgs) -> None:
+    """The errors clef's SendTxArgs.ToTransaction raises (validation calls it first), plus the cases
+    where clef would crash or sign an unusable transaction, which clave refuses with a clear error."""
+    if _has_sidecar(args):
+        raise RequestError(SIDECAR_REFUSED)
+    if args.blob_versioned_hashes is None:
+        return
+    if args.to is None:
+        raise RequestError("transaction recipient must be set for blob transactions")
+    # clef dereferences these unchecked (uint256.MustFromBig(nil) panics: "method handler crashed").
+    for name, value in (
+        ("maxFeePerGas", args.max_fee_per_gas),
+        ("maxPriorityFeePerGas", args.max_priority_fee_per_gas),
+        ("maxFeePerBlobGas", args.max_fee_per_blob_gas),
+    ):
+        if value is None:
+            raise RequestError(f"{name} not specified")
+    if not args.blob_versioned_hashes:
+        raise RequestError("need at least 1 blob for a blob transaction")
+
+
+def clef_validate(args: SendTxArgs, method_selector: str | None = None) -> list[ValidationMessage]:
+    """signer/fourbyte ValidateTransaction, minus the embedded 4byte database lookup.
+
+    Hard errors raise RequestError with clef's text; the rest come back as graded messages.
+    """
+    if args.data is not None and args.input is not None and args.data != args.input:
+        raise RequestError('ambiguous request: both "data" and "input" are set and are not identical')
+    _clef_build_checks(args)
+    messages: list[ValidationMessage] = []
+    data = _calldata(args)
+    if args.to is None:
+        # Contract creation: calldata is code, so no ABI checks and no fee checks.
+        if not data:
+            if args.value > 0:
+                raise RequestError("transaction will create a contract with value but empty code")
+            messages.append(ValidationMessage(CRIT, "Transaction will create a contract with empty code"))
+        elif len(data) < 40:
+            messages.append(
+                ValidationMessage(
+                    WARN,
+                    f"Transaction will create a contract, but the payload is suspiciously small ({len(data)} bytes)",
+                )
+            )
+        if method_selector is not None:
+            messages.append(
+                ValidationMessage(
+                    WARN,
+                    "Transaction will create a contract, but method selector supplied, indicating an intent to call a method",
+                )
+            )
+        return messages
+    if not args.to.valid_checksum():
+        messages.append(ValidationMessage(WARN, "Invalid checksum on recipient address"))
+    if args.to.address == ZERO_ADDRESS:
+        messages.append(ValidationMessage(CRIT, "Transaction recipient is the zero address"))
+    fee = _fee_message(args)
+    if fee:
+        messages.append(ValidationMessage(CRIT, fee))
+    messages.extend(validate_call_data(method_selector, data))
+    return messages
+
+
+def _fee_message(args: SendTxArgs) -> str | None:
+    # First match only, in clef's order.
+    if args.gas_price is None and args.max_fee_per_gas is None:
+        return "Neither 'gasPrice' nor 'maxFeePerGas' specified."
+    if args.gas_price is None and args.max_priority_fee_per_gas is None:
+        return "Neither 'gasPrice' nor 'maxPriorityFeePerGas' specified."
+    if args.gas_price is not None and args.max_fee_per_gas is not None:
+        return "Both 'gasPrice' and 'maxFeePerGas' specified."
+    if args.gas_price is not None and args.max_priority_fee_per_gas is not None:
+        return "Both 'gasPrice' and 'maxPriorityFeePerGas' specified."
+    return None
+
+
+def validate_call_data(method_selector: str | None, data: bytes) -> list[ValidationMessage]:
+    """ValidateCallData. Without a selector clef would consult its 4byte database and warn when the
+    selector is unknown; clave has no database and stays silent there (geth never sends a selector)."""
+    if not data:
+        return []
+    if len(data) < 4:
+        return [ValidationMessage(WARN, "Transaction data is not valid ABI (missing the 4 byte call prefix)")]
+    messages = []
+    if (len(data) - 4) % 32:
+        messages.append(
+            ValidationMessage(
+                WARN,
+                f"Transaction data is not valid ABI (length should be a multiple of 32 (was {len(data) - 4}))",
+            )
+        )
+    if method_selector is None:
+        return messages
+    try:
+        info = verify_selector(method_selector, data)
+    except _AbiMismatch as exc:
+        messages.append(
+            ValidationMessage(
+                WARN, f"Transaction contains data, but provided ABI signature could not be matched: {exc}"
+            )
+        )
+    else:
+        messages.append(
+            ValidationMessage(INFO, f"Transaction invokes the following method: {go_quote(info)}")
+        )
+    return messages
+
+
+def clef_reject_message(messages: list[ValidationMessage]) -> str | None:
+    """clef's reject mode (the default): any WARNING or CRITICAL refuses the request with this text."""
+    bad = [m.message for m in messages if m.type in (WARN, CRIT)]
+    return "validation failed: " + ",".join(bad) if bad else None
+
+
+def clef_chain_id(requested: int | None, signer_chain_ids: list[int]) -> int:
+    """The chain id clef signs with: the request's, which must be one of ours, else our first."""
+    if not signer_chain_ids:
+        raise ValueError("no chain id configured")
+    if requested is None:
+        return signer_chain_ids[0]
+    if requested not in signer_chain_ids:
+        raise RequestError(f"requested chainid {requested} does not match the configuration of the signer")
+    return requested
+
+
+def clef_tx_type(args: SendTxArgs) -> int:
+    if args.blob_versioned_hashes is not None:
+        return 3
+    if args.max_fee_per_gas is not None:
+        return 2
+    if args.access_list is not None:
+        return 1
+    return 0
+
+
+def clef_to_tx(args: SendTxArgs, signer_chain_ids: list[int]) -> dict[str, Any]:
+    """SendTxArgs.ToTransaction + the chain id clef signs with, as clave's normalized tx dict.
+
+    Legacy transactions get the chain id too: clef signs them EIP-155 with its configured chain id
+    (LatestSignerForChainID), and a request naming another chain was already refused.
+    """
+    _clef_build_checks(args)
+    chain_id = clef_chain_id(args.chain_id, signer_chain_ids)
+    tx_type = clef_tx_type(args)
+    tx: dict[str, Any] = {
+        "type": tx_type,
+        "chainId": chain_id,
+        "nonce": args.nonce,
+        "gas": args.gas,
+        "value": args.value,
+        "to": args.to.address if args.to is not None else None,
+        "data": _calldata(args),
+    }
+    if tx_type in (0, 1):
+        tx["gasPrice"] = args.gas_price or 0  # nil becomes 0 in types.NewTx
+    else:
+        tx["maxPriorityFeePerGas"] = args.max_priority_fee_per_gas or 0
+        tx["maxFeePerGas"] = args.max_fee_per_gas or 0
+    if tx_type >= 1:
+        tx["accessList"] = list(args.access_list or [])
+    if tx_type == 3:
+        tx["maxFeePerBlobGas"] = args.max_fee_per_blob_gas
+        tx["blobVersionedHashes"] = list(args.blob_versioned_hashes or [])
+    return tx
+
+
+# --- geth: TransactionArgs (eth_signTransaction) -----------------------------------------------------
+
+
+@dataclass
+class TransactionArgs:
+    """internal/ethapi.TransactionArgs. Every field is a Go pointer or slice: None = absent."""
+
+    from_: bytes | None = None
+    to: bytes | None = None
+    gas: int | None = None
+    gas_price: int | None = None
+    max_fee_per_gas: int | None = None
+    max_priority_fee_per_gas: int | None = None
+    value: int | None = None
+    nonce: int | None = None
+    data: bytes | None = None
+    input: bytes | None = None
+    access_list: AccessList | None = None
+    chain_id: int | None = None
+    max_fee_per_blob_gas: int | None = None
+    blob_versioned_hashes: list[bytes] | None = None
+    blobs: list[bytes] | None = None
+    commitments: list[bytes] | None = None
+    proofs: list[bytes] | None = None
+    authorization_list: list[dict[str, Any]] | None = None
+
+
+_AUTHORIZATION_FIELDS = {
+    "chainId": pointer(decode_u256),
+    "address": pointer(decode_address),
+    "nonce": pointer(decode_uint64),
+    "yParity": pointer(decode_uint64),
+    "r": pointer(decode_u256),
+    "s": pointer(decode_u256),
+}
+
+
+def _authorization(value: Any) -> dict[str, Any]:
+    # types.SetCodeAuthorization's gencodec UnmarshalJSON: every field required.
+    fields = _AUTHORIZATION_FIELDS
+    got = decode_struct(value, fields, "SetCodeAuthorization", "types.SetCodeAuthorization")
+    for name in fields:
+        if got.get(name) is None:
+            raise GoJSONError(f"missing required field '{name}' for SetCodeAuthorization")
+    return {
+        "chainId": got["chainId"],
+        "address": got["address"],
+        "nonce": got["nonce"],
+        "yParity": got["yParity"] & 0xFF,  # Go stores it as uint8(*dec.V)
+        "r": got["r"],
+        "s": got["s"],
+    }
+
+
+_TX_ARGS_FIELDS = {
+    "from": pointer(decode_address),
+    "to": pointer(decode_address),
+    "gas": pointer(decode_uint64),
+    "gasPrice": pointer(decode_big),
+    "maxFeePerGas": pointer(decode_big),
+    "maxPriorityFeePerGas": pointer(decode_big),
+    "value": pointer(decode_big),
+    "nonce": pointer(decode_uint64),
+    "data": pointer(decode_bytes),
+    "input": pointer(decode_bytes),
+    "accessList": _ACCESS_LIST,
+    "chainId": pointer(decode_big),
+    **_BLOB_FIELDS,
+    "authorizationList": slice_of(nested(_authorization), "[]types.SetCodeAuthorization"),
+}
+
+
+def parse_transaction_args(obj: Any) -> TransactionArgs:
+    """Decode eth_signTransaction's parameter. Raises GoJSONError (wrap with invalid_argument)."""
+    got = decode_struct(obj, _TX_ARGS_FIELDS, "TransactionArgs", "ethapi.TransactionArgs")
+    args = TransactionArgs()
+    for key, value in got.items():
+        setattr(args, {**_ATTR, "authorizationList": "authorization_list"}.get(key, key), value)
+    return args
+
+
+def ethapi_tx_type(args: TransactionArgs) -> int:
+    """ToTransaction(DynamicFeeTxType): the default is 2 and a gasPrice always means legacy."""
+    if args.gas_price is not None:
+        return 0
+    if args.authorization_list is not None:
+        return 4
+    if args.blob_versioned_hashes is not None:
+        return 3
+    return 2
+
+
+def _check_fees(args: TransactionArgs, london: bool) -> None:
+    # setFeeDefaults, for a request that already carries a complete fee mechanism.
+    if args.max_fee_per_blob_gas is not None and args.max_fee_per_blob_gas == 0:
+        raise RequestError("maxFeePerBlobGas, if specified, must be non-zero")
+    if args.gas_price is not None and (
+        args.max_fee_per_gas is not None or args.max_priority_fee_per_gas is not None
+    ):
+        raise RequestError("both gasPrice and (maxFeePerGas or maxPriorityFeePerGas) specified")
+    if args.gas_price is not None and args.authorization_list is not None:
+        raise RequestError("both gasPrice and authorizationList specified")
+    if args.gas_price is None:
+        assert args.max_fee_per_gas is not None and args.max_priority_fee_per_gas is not None
+        if args.max_fee_per_gas == 0:
+            raise RequestError("maxFeePerGas must be non-zero")
+        if args.max_fee_per_gas < args.max_priority_fee_per_gas:
+            raise RequestError(
+                f"maxFeePerGas ({encode_quantity(args.max_fee_per_gas)}) < "
+                f"maxPriorityFeePerGas ({encode_quantity(args.max_priority_fee_per_gas)})"
+            )
+    elif args.gas_price == 0 and london:
+        raise RequestError("gasPrice must be non-zero after london fork")
+
+
+def check_tx_fee(gas_price: int, gas: int, cap_ether: float) -> None:
+    """checkTxFee: the fee in ether as a float64, compared with --rpc.txfeecap (0 = no cap)."""
+    if cap_ether == 0:
+        return
+    fee = float(Fraction(gas_price * gas, 10**18))
+    if fee > cap_ether:
+        raise RequestError(f"tx fee ({fee:.2f} ether) exceeds the configured cap ({cap_ether:.2f} ether)")
+
+
+def ethapi_to_tx(
+    args: TransactionArgs,
+    chain_ids: list[int],
+    *,
+    fee_cap_ether: float = DEFAULT_FEE_CAP_ETHER,
+    london: bool = True,
+    max_blobs: int = MAX_BLOBS_PER_TX,
+) -> dict[str, Any]:
+    """geth's eth_signTransaction checks (SignTransaction, setDefaults, checkTxFee) and ToTransaction.
+
+    clave has no chain state, so nothing is estimated or filled from the chain: a request must carry
+    what geth's eth_signTransaction requires anyway, plus maxFeePerBlobGas for blob transactions.
+    """
+    if not chain_ids:
+        raise ValueError("no chain id configured")
+    if args.gas is None:
+        raise RequestError("gas not specified")
+    if args.gas_price is None and (args.max_priority_fee_per_gas is None or args.max_fee_per_gas is None):
+        raise RequestError("missing gasPrice or maxFeePerGas/maxPriorityFeePerGas")
+    if args.nonce is None:
+        raise RequestError("nonce not specified")
+    if _has_sidecar(args):
+        raise RequestError(SIDECAR_REFUSED)
+    _check_fees(args, london)
+    if args.data is not None and args.input is not None and args.data != args.input:
+        raise RequestError(
+            'both "data" and "input" are set and not equal. Please use "input" to pass transaction call data'
+        )
+    hashes = args.blob_versioned_hashes
+    if hashes is not None and not hashes:
+        raise RequestError("need at least 1 blob for a blob transaction")
+    if hashes is not None and len(hashes) > max_blobs:
+        raise RequestError(f"too many blobs in transaction (have={len(hashes)}, max={max_blobs})")
+    if args.authorization_list is not None and not args.authorization_list:
+        raise RequestError("need at least one authorization for a set-code transaction")
+    data = _calldata(args)
+    if args.to is None:
+        if hashes is not None:
+            raise RequestError('missing "to" in blob transaction')
+        if not data:
+            raise RequestError("contract creation without any data provided")
+        if args.authorization_list is not None:
+            raise RequestError('authorizationList provided for contract creation, but "to" field is missing')
+    chain_id = args.chain_id if args.chain_id is not None else chain_ids[0]
+    if chain_id not in chain_ids:
+        raise RequestError(f"chainId does not match node's (have={chain_id}, want={chain_ids[0]})")
+
+    tx_type = ethapi_tx_type(args)
+    tx: dict[str, Any] = {
+        "type": tx_type,
+        "chainId": chain_id,
+        "nonce": args.nonce,
+        "gas": args.gas,
+        "value": args.value or 0,
+        "to": args.to,
+        "data": data,
+    }
+    if tx_type == 0:
+        tx["gasPrice"] = args.gas_price
+    else:
+        tx["maxPriorityFeePerGas"] = args.max_priority_fee_per_gas
+        tx["maxFeePerGas"] = args.max_fee_per_gas
+        tx["accessList"] = list(args.access_list or [])
+    if tx_type == 3:
+        if args.max_fee_per_blob_gas is None:
+            raise RequestError("maxFeePerBlobGas not specified")
+        tx["maxFeePerBlobGas"] = args.max_fee_per_blob_gas
+        tx["blobVersionedHashes"] = list(hashes or [])
+    if tx_type == 4:
+        tx["authorizationList"] = [dict(a) for a in args.authorization_list or []]
+    check_tx_fee(tx["gasPrice"] if tx_type == 0 else tx["maxFeePerGas"], tx["gas"], fee_cap_ether)
+    return tx
+
+
+# --- ABI selector check (signer/fourbyte/abi.go verifySelector) -----------------------------------------
+
+
+class _AbiMismatch(Exception):
+    pass
+
+
+class _SelectorSyntax(Exception):
+    pass
+
+
+def _is_alpha(c: int) -> bool:
+    return 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A
+
+
+def _is_digit(c: int) -> bool:
+    return 0x30 <= c <= 0x39
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _parse_token(sel: bytes, ident: bool) -> tuple[bytes, bytes]:
+    if not sel:
+        raise _SelectorSyntax("empty token")
+    first = sel[0]
+    if not (_is_alpha(first) or (ident and first in b"$_")):
+        raise _SelectorSyntax(f"invalid token start: {chr(first)}")
+    pos = 1
+    while pos < len(sel) and (_is_alpha(sel[pos]) or _is_digit(sel[pos]) or (ident and sel[pos] in b"$_")):
+        pos += 1
+    return sel[:pos], sel[pos:]
+
+
+def _parse_elementary(sel: bytes) -> tuple[str, bytes]:
+    try:
+        token, rest = _parse_token(sel, False)
+    except _SelectorSyntax as exc:
+        raise _SelectorSyntax(f"failed to parse elementary type: {exc}") from None
+    parsed = token
+    while rest[:1] == b"[":
+        parsed += b"["
+        rest = rest[1:]
+        while rest and _is_digit(rest[0]):
+            parsed += rest[:1]
+            rest = rest[1:]
+        if rest[:1] != b"]":
+            # Go reports the first byte of the whole type here, not the offending one.
+            raise _SelectorSyntax(f"failed to parse array: expected ']', got {chr(sel[0])}")
+        parsed += b"]"
+        rest = rest[1:]
+    return _text(parsed), rest
+
+
+def _parse_type(sel: bytes) -> tuple[Any, bytes]:
+    if not sel:
+        raise _SelectorSyntax("empty type")
+    if sel[:1] == b"(":
+        return _parse_composite(sel)
+    return _parse_elementary(sel)
+
+
+def _parse_composite(sel: bytes) -> tuple[list[Any], bytes]:
+    if not sel:
+        # Go indexes the empty string here and panics ("method handler crashed").
+        raise _SelectorSyntax("expected '(', got end of input")
+    if sel[:1] != b"(":
+        raise _SelectorSyntax(f"expected '(', got {chr(sel[0])}")
+    try:
+        parsed, rest = _parse_type(sel[1:])
+    except _SelectorSyntax as exc:
+        raise _SelectorSyntax(f"failed to parse type: {exc}") from None
+    result = [parsed]
+    while rest and rest[:1] != b")":
+        try:
+            parsed, rest = _parse_type(rest[1:])  # the separator byte is skipped, whatever it is
+        except _SelectorSyntax as exc:
+            raise _SelectorSyntax(f"failed to parse type: {exc}") from None
+        result.append(parsed)
+    if rest[:1] != b")":
+        raise _SelectorSyntax(f"expected ')', got '{_text(rest)}'")
+    if rest[1:3] == b"[]":
+        return [*result, "[]"], rest[3:]
+    return result, rest[1:]
+
+
+@dataclass
+class _Arg:
+    type: str
+    components: list[_Arg] | None = None
+    kind: str = ""  # canonical type string (abi.Type.String())
+    name: str = ""
+
+
+@dataclass
+class _Method:
+    name: str
+    inputs: list[_Arg] = field(default_factory=list)
+
+    @property
+    def sig(self) -> str:
+        return f"{self.name}({','.join(a.kind for a in self.inputs)})"
+
+    def __str__(self) -> str:
+        return f"function {self.name}({', '.join(f'{a.kind} {a.name}' for a in self.inputs)}) returns()"
+
+
+def _assemble(args: list[Any]) -> list[_Arg]:
+    out = []
+    for index, arg in enumerate(args):
+        if isinstance(arg, str):
+            out.append(_Arg(arg, name=f"name{index}"))
+            continue
+        components = _assemble(arg)
+        kind = "tuple"
+        if components and components[-1].type == "[]":
+            components, kind = components[:-1], "tuple[]"
+        out.append(_Arg(kind, components, name=f"name{index}"))
+    return out
+
+
+def parse_selector(selector: str) -> _Method:
+    """abi.ParseSelector. Raises _AbiMismatch with clef's error text."""
+    raw = selector.encode()
+    try:
+        name, rest = _parse_token(raw, True)
+        if rest[:2] == b"()":
+            args: list[Any] = []
+            rest = rest[2:]
+        else:
+            args, rest = _parse_composite(rest)
+    except _SelectorSyntax as exc:
+        raise _AbiMismatch(
+            f"failed to parse selector: failed to parse selector '{selector}': {exc}"
+        ) from None
+    if rest:
+        raise _AbiMismatch(
+            f"failed to parse selector: failed to parse selector '{selector}': unexpected string '{_text(rest)}'"
+        )
+    return _Method(_text(name), _assemble(args))
+
+
+_TYPE_RE = re.compile(r"([a-zA-Z]+)(([0-9]+)(x([0-9]+))?)?")
+
+
+def _resolve(arg: _Arg) -> str:
+    """abi.NewType's checks; returns the canonical type string or raises ValueError with Go's text."""
+    t = arg.type
+    if t.count("[") != t.count("]"):
+        raise ValueError("invalid arg type in abi")
+    if "[" in t:
+        cut = t.rindex("[")
+        inner = _resolve(_Arg(t[:cut], arg.components))
+        sizes = re.findall(r"[0-9]+", t[cut:])
+        if len(sizes) > 1:
+            raise ValueError("invalid formatting of array type")
+        return inner + t[cut:]
+    match = _TYPE_RE.search(t)
+    if match is None:
+        raise ValueError(f"invalid type '{t}'")
+    size = 0
+    if match.group(3):
+        try:
+            size = int(match.group(2))
+        except ValueError:
+            raise ValueError(
+                f'abi: error parsing variable size: strconv.Atoi: parsing "{match.group(2)}": invalid syntax'
+            ) from None
+    elif match.group(0) in ("uint", "int"):
+        raise ValueError(f"unsupported arg type: {t}")
+    base = match.group(1)
+    if base == "bytes" and size > 32:
+        raise ValueError(f"unsupported arg type: {t}")
+    if base == "tuple":
+        return "(" + ",".join(_resolve(c) for c in arg.components or []) + ")"
+    if base not in ("int", "uint", "bool", "address", "string", "bytes", "function"):
+        raise ValueError(f"unsupported arg type: {t}")
+    return t
+
+
+def _abi_json(method: _Method) -> str:
+    # json.Marshal([]abi.SelectorMarshaling{…}); ArgumentMarshaling has no json tags.
+    def arg(a: _Arg) -> str:
+        comps = "null" if a.components is None else "[" + ",".join(arg(c) for c in a.components) + "]"
+        return f'{{"Name":"{a.name}","Type":"{a.type}","InternalType":"{a.type}","Components":{comps},"Indexed":false}}'
+
+    return (
+        f'[{{"name":"{method.name}","type":"function","inputs":[{",".join(arg(a) for a in method.inputs)}]}}]'
+    )
+
+
+def verify_selector(selector: str, calldata: bytes) -> str:
+    """Check calldata against a caller-supplied selector; returns the decoded call as clef prints it."""
+    method = parse_selector(selector)
+    argdata = calldata[4:]
+    if len(argdata) % 32:
+        raise _AbiMismatch(f"invalid call data; length should be a multiple of 32 bytes (was {len(argdata)})")
+    try:
+        for a in method.inputs:
+            a.kind = _resolve(a)
+            # eth_abi rejects some types Go's abi package lets through (uint7): treat them as invalid.
+            eth_abi.abi.default_codec._registry.get_encoder(a.kind)
+    except Exception as exc:  # ValueError from _resolve, eth_abi's ABITypeError
+        raise _AbiMismatch(f"invalid method signature ({go_quote(_abi_json(method))}): {exc}") from None
+    if keccak(text=method.sig)[:4] != calldata[:4]:
+        raise _AbiMismatch(f"no method with id: 0x{calldata[:4].hex()}")
+    types = [a.kind for a in method.inputs]
+    try:
+        values = eth_abi.decode(types, argdata, strict=False)
+    except Exception as exc:
+        raise _AbiMismatch(
+            f"signature {go_quote(str(method))} matches, but arguments mismatch: {exc}"
+        ) from None
+    encoded = eth_abi.encode(types, values)
+    if encoded != argdata:
+        raise _AbiMismatch(
+            "WARNING: Supplied data is stuffed with extra data. "
+            f"\nWant {argdata.hex()}\nHave {encoded.hex()}\nfor method {method.sig}"
+        )
+    shown = ",".join(
+        f"{a.kind}: {_go_value(parse(a.kind), v)}" for a, v in zip(method.inputs, values, strict=True)
+    )
+    return f"{method.name}({shown})"
+
+
+def _go_value(abi_type: Any, value: Any) -> str:
+    # How Go's %v prints the values abi.UnpackValues returns.
+    if abi_type.arrlist:
+        item = abi_type.item_type
+        return "[" + " ".join(_go_value(item, v) for v in value) + "]"
+    if isinstance(abi_type, TupleType):
+        return "{" + " ".join(_go_value(t, v) for t, v in zip(abi_type.components, value, strict=True)) + "}"
+    assert isinstance(abi_type, BasicType)
+    if abi_type.base == "address":
+        return checksum(bytes.fromhex(value[2:]))
+    if abi_type.base == "bool":
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return "[" + " ".join(str(b) for b in value) + "]"
+    return str(value)

@@ -1,0 +1,1 @@
+"""Sealed key records on the parent's disk (SQLite)."""

@@ -1,0 +1,252 @@
+"""AWS KMS as clave uses it: data keys released only to an attested enclave (`Recipient`).
+
+`KmsSealing` is the sidecar's SealingProvider. Every call carries the enclave's attestation document
+as `Recipient`, so KMS answers with `CiphertextForRecipient` (CMS to the enclave's per-boot RSA key)
+and the data key never exists in plaintext outside the enclave. The same code talks to real KMS and
+to the local emulator (`clave.dev.kmsemu`); only `endpoint_url` differs.
+
+Errors: KMS saying no (policy, bad ciphertext, bad attestation, missing key) is `KmsRefused`, with
+KMS's message and what to do; KMS or the network failing (throttling, 5xx, timeouts) is a plain
+`InfraError`. Both are InfraError because for the caller of the sidecar either means "not ready".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from clave.core.errors import InfraError
+
+RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
+DATA_KEY_SPEC = "AES_256"
+ATTESTATION_PREFIX = "kms:RecipientAttestation:"
+
+# KMS answers that retrying cannot fix; everything else (throttling, 5xx, timeouts) is transient.
+REFUSALS = frozenset(
+    {
+        "AccessDeniedException",
+        "DisabledException",
+        "IncorrectKeyException",
+        "InvalidCiphertextException",
+        "InvalidGrantTokenException",
+        "InvalidKeyUsageException",
+        "KMSInvalidStateException",
+        "MalformedPolicyDocumentException",
+        "NotFoundException",
+        "UnsupportedOperationException",
+        "ValidationException",
+        "SerializationException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "ExpiredTokenException",
+    }
+)
+
+_REMEDIES = {
+    "AccessDeniedException": (
+        "KMS refused this enclave: the key policy's kms:RecipientAttestation conditions (PCR0/ImageSha384, "
+        "PCR1, PCR2, PCR8 …) probably do not match the running enclave's measurements, or the instance role "
+        "is not the policy's principal. Compare `clave kms-policy` for this build with the key policy."
+    ),
+    "NotFoundException": "check --kms-key-id and the region: KMS does not know this key",
+    "InvalidCiphertextException": "the stored wrapped data key is not from this KMS key; restore the datadir",
+    "IncorrectKeyException": "the stored wrapped data key belongs to another KMS key; check --kms-key-id",
+    "ValidationException": "KMS rejected the request or the attestation document (stale or unverifiable?)",
+    "DisabledException": "enable the KMS key",
+    "KMSInvalidStateException": "the KMS key is pending deletion or disabled; cancel deletion / enable it",
+}
+
+
+class KmsRefused(InfraError):
+    """KMS answered and said no; `kms_code` is its error code (e.g. AccessDeniedException)."""
+
+    def __init__(self, kms_code: str, message: str, remedy: str = "") -> None:
+        super().__init__(message, remedy)
+        self.kms_code = kms_code
+
+
+def make_kms_client(region: str, endpoint_url: str | None = None) -> Any:
+    """A boto3 KMS client; with `endpoint_url` (the local emulator) it uses dummy static credentials."""
+    config = Config(
+        retries={"max_attempts": 4, "mode": "standard"},  # standard mode retries throttling and 5xx
+        connect_timeout=5,
+        read_timeout=30,
+    )
+    if endpoint_url is None:
+        return boto3.client("kms", region_name=region, config=config)
+    # The emulator ignores SigV4; fixed credentials keep a developer's real ones out of local runs.
+    return boto3.client(
+        "kms",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        aws_access_key_id="clave-local",
+        aws_secret_access_key="clave-local",
+        config=config,
+    )
+
+
+def _map_error(op: str, exc: Exception) -> InfraError:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "Unknown"))
+        message = str(err.get("Message", ""))
+        if code in REFUSALS:
+            return KmsRefused(code, f"KMS {op} refused: {code}: {message}", _REMEDIES.get(code, ""))
+        return InfraError(f"KMS {op} failed: {code}: {message}", remedy="transient KMS error; it is retried")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return InfraError(
+            f"KMS {op}: no AWS credentials", remedy="attach an instance role to the parent instance"
+        )
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return KmsRefused("ParamValidationError", f"KMS {op}: invalid request: {exc}")
+    return InfraError(f"KMS {op} unreachable: {exc}", remedy="check network access to the KMS endpoint")
+
+
+class KmsSealing:
+    """Data keys for the enclave, with attestation; boto3 runs in a thread so the loop never blocks."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def _call(self, op: str, **params: Any) -> dict[str, Any]:
+        """Call KMS operation `op` (its API name, e.g. "GenerateDataKey") in a worker thread."""
+        method = getattr(self._client, re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower())
+        try:
+            return await asyncio.to_thread(method, **params)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise _map_error(op, exc) from None
+
+    @staticmethod
+    def _recipient(attestation_doc: bytes) -> dict[str, Any]:
+        return {"KeyEncryptionAlgorithm": RECIPIENT_ALGORITHM, "AttestationDocument": attestation_doc}
+
+    @staticmethod
+    def _for_recipient(op: str, resp: dict[str, Any]) -> bytes:
+        if "Plaintext" in resp and resp["Plaintext"]:
+            # Something between us and KMS dropped Recipient: the key is now exposed here. Refuse it.
+            raise KmsRefused(
+                "PlaintextReturned", f"KMS {op} returned Plaintext despite Recipient; refusing it"
+            )
+        blob = resp.get("CiphertextForRecipient")
+        if not isinstance(blob, bytes) or not blob:
+            raise InfraError(f"KMS {op} answered without CiphertextForRecipient")
+        return blob
+
+    async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]:
+        """A fresh AES-256 data key: (CiphertextBlob to store, CiphertextForRecipient for the enclave)."""
+        resp = await self._call(
+            "GenerateDataKey",
+            KeyId=key_id,
+            KeySpec=DATA_KEY_SPEC,
+            Recipient=self._recipient(attestation_doc),
+        )
+        for_recipient = self._for_recipient("GenerateDataKey", resp)
+        wrapped = resp.get("CiphertextBlob")
+        if not isinstance(wrapped, bytes) or not wrapped:
+            raise InfraError("KMS GenerateDataKey answered without CiphertextBlob")
+        return wrapped, for_recipient
+
+    async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes:
+        """Re-open the stored data key for the enclave: returns CiphertextForRecipient."""
+        resp = await self._call(
+            "Decrypt",
+            KeyId=key_id,
+            CiphertextBlob=ciphertext_blob,
+            Recipient=self._recipient(attestation_doc),
+        )
+        return self._for_recipient("Decrypt", resp)
+
+
+# --- key policy -----------------------------------------------------------------------------------
+
+_HEX96 = re.compile(r"^[0-9a-fA-F]{96}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::(\d{12}):(role|user)/.+$")
+# What key administrators may do. Deliberately no Decrypt/GenerateDataKey/Encrypt/ReEncrypt and no
+# CreateGrant (a grant could hand out Decrypt without the attestation conditions).
+ADMIN_ACTIONS = [
+    "kms:CreateAlias",
+    "kms:DeleteAlias",
+    "kms:UpdateAlias",
+    "kms:Describe*",
+    "kms:List*",
+    "kms:Get*",
+    "kms:PutKeyPolicy",
+    "kms:Enable*",
+    "kms:Disable*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+    "kms:RevokeGrant",
+    "kms:RetireGrant",
+]
+
+
+def key_policy(
+    role_arn: str,
+    pcrs: dict[int, str],
+    image_sha384: str | None,
+    *,
+    admin_arn: str | None = None,
+    allow_debug: bool = False,
+) -> dict[str, Any]:
+    """The KMS key policy that releases data keys only to an enclave with these measurements.
+
+    `pcrs` maps PCR index → 96 hex chars (as `nitro-cli describe-eif` prints them); `image_sha384`
+    is the same value as PCR0 under KMS's other condition name. At least one must be given: a policy
+    without attestation conditions would hand the data key to anything running with the role.
+    The administrator statement (default: the role's account root, i.e. whoever IAM lets administer
+    keys) can manage the key and its policy but not use it; KMS refuses policies that lock
+    everyone out of PutKeyPolicy, hence it is always present. Pinning an all-zero PCR0–2 (what every
+    debug-mode enclave reports) needs `allow_debug=True`.
+    """
+    match = _ROLE_ARN.match(role_arn)
+    if match is None:
+        raise ValueError(f"not an IAM role ARN: {role_arn!r}")
+    conditions: dict[str, str] = {}
+
+    def checked(name: str, value: str, measured_image: bool) -> str:
+        if not isinstance(value, str) or not _HEX96.match(value):
+            raise ValueError(f"{name} must be 96 hex characters")
+        if measured_image and not allow_debug and not any(int(c, 16) for c in value):
+            raise ValueError(f"{name} is all zeros, as every debug-mode enclave reports: refusing to pin it")
+        return value.lower()
+
+    if image_sha384 is not None:
+        conditions[f"{ATTESTATION_PREFIX}ImageSha384"] = checked("image_sha384", image_sha384, True)
+    for index in sorted(pcrs):
+        if not 0 <= index < 32:
+            raise ValueError(f"PCR index {index} is outside 0..31")
+        conditions[f"{ATTESTATION_PREFIX}PCR{index}"] = checked(f"PCR{index}", pcrs[index], index <= 2)
+    image = conditions.get(f"{ATTESTATION_PREFIX}ImageSha384")
+    if image is not None and 0 in pcrs and image != conditions[f"{ATTESTATION_PREFIX}PCR0"]:
+        raise ValueError("image_sha384 and PCR0 are the same measurement but differ: no enclave could match")
+    if not conditions:
+        raise ValueError("a key policy needs at least one PCR or the image SHA-384 to pin")
+    admin = admin_arn or f"arn:aws:iam::{match.group(1)}:root"
+    return {
+        "Version": "2012-10-17",
+        "Id": "clave-enclave-key",
+        "Statement": [
+            {
+                "Sid": "KeyAdministration",
+                "Effect": "Allow",
+                "Principal": {"AWS": admin},
+                "Action": ADMIN_ACTIONS,
+                "Resource": "*",
+            },
+            {
+                "Sid": "EnclaveUnseal",
+                "Effect": "Allow",
+                "Principal": {"AWS": role_arn},
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": "*",
+                "Condition": {"StringEqualsIgnoreCase": conditions},
+            },
+        ],
+    }

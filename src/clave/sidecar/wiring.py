@@ -1,0 +1,217 @@
+"""The one place where the sidecar is assembled: store, enclave client, signer, RPC methods, HTTP, IPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from clave.link.sockets import parse_address
+from clave.sidecar.config import SidecarConfig
+from clave.sidecar.observe.logs import account_of
+from clave.sidecar.observe.metrics import Metrics
+from clave.sidecar.rpc.dispatch import CallContext, Dispatcher
+from clave.sidecar.rpc.methods import build_methods
+from clave.sidecar.signing.enclave_client import EnclaveClient
+from clave.sidecar.signing.signer import AttestationConfig, FollowerSigner, SealingProvider, Signer
+from clave.sidecar.store.records import SqliteStore
+from clave.sidecar.transports.http import HttpConfig, make_http_app
+from clave.sidecar.transports.ipc import IpcServer
+
+log = logging.getLogger("clave.sidecar")
+request_log = logging.getLogger("clave.request")
+
+
+class MeteredSealing:
+    """Counts KMS calls and failures for /metrics."""
+
+    def __init__(self, inner: SealingProvider, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]:
+        return await self._count("GenerateDataKey", self.inner.generate_data_key(key_id, attestation_doc))
+
+    async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes:
+        return await self._count("Decrypt", self.inner.decrypt(key_id, ciphertext_blob, attestation_doc))
+
+    async def _count(self, operation: str, call: Awaitable[Any]) -> Any:
+        try:
+            result = await call
+        except Exception:
+            self.metrics.kms_calls.labels(operation, "error").inc()
+            raise
+        self.metrics.kms_calls.labels(operation, "ok").inc()
+        return result
+
+
+class MeteredStore:
+    """Times the key store's operations for /metrics; everything else passes through."""
+
+    def __init__(self, inner: SqliteStore, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._inner, name)
+        if not callable(target):
+            return target
+        histogram = self._metrics.store_seconds.labels(name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with histogram.time():
+                return target(*args, **kwargs)
+
+        return timed
+
+
+@dataclass
+class Sidecar:
+    config: SidecarConfig
+    signer: Signer
+    dispatcher: Dispatcher
+    metrics: Metrics
+    store: SqliteStore
+    ipc: IpcServer | None  # None in an HTTP worker: IPC belongs to the primary process
+    runner: web.AppRunner | None = None
+    http_url: str = ""
+    http_port: int = 0
+
+    async def start(self) -> None:
+        self.signer.start_watch()
+        if self.ipc is not None:
+            await self.ipc.start()
+
+    async def serve_http(self, app: web.Application) -> None:
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self.runner.setup()
+        # With workers, every process listens on the same port and the kernel spreads connections over them.
+        shared = self.config.http_workers > 1
+        site = web.TCPSite(
+            self.runner, self.config.http_addr, self.config.http_port, reuse_address=True, reuse_port=shared or None
+        )
+        await site.start()
+        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr,attr-defined]
+        port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        self.http_port = port
+        host = self.config.http_addr if ":" not in self.config.http_addr else f"[{self.config.http_addr}]"
+        self.http_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        await self.signer.stop()
+        if self.ipc is not None:
+            await self.ipc.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        await self.signer.client.close()
+        self.store.close()
+
+
+def build_sidecar(
+    config: SidecarConfig,
+    sealing: SealingProvider | None,
+    attestation: AttestationConfig | None,
+    *,
+    provision_key: Callable[[Any], Awaitable[str]] | None = None,
+    repin_key: Callable[[str, Any], Awaitable[None]] | None = None,
+) -> tuple[Sidecar, web.Application]:
+    """The primary process, or with neither sealing nor attestation, an HTTP worker that follows it."""
+    metrics = Metrics()
+    store = SqliteStore(config.store_path)
+    roundtrips: dict[str, Any] = {}
+
+    def observe_enclave(call: str, seconds: float) -> None:
+        child = roundtrips.get(call)
+        if child is None:
+            child = roundtrips[call] = metrics.enclave_seconds.labels(call)
+        child.observe(seconds)
+
+    client = EnclaveClient(parse_address(config.enclave), observe=observe_enclave)
+    metered_store = MeteredStore(store, metrics)
+    signer: Signer
+    if sealing is None or attestation is None:
+        signer = FollowerSigner(client, metered_store, None, None, kms_key_id=None)  # type: ignore[arg-type]
+    else:
+        signer = Signer(
+            client,
+            metered_store,  # type: ignore[arg-type]
+            MeteredSealing(sealing, metrics),
+            attestation,
+            kms_key_id=config.kms_key_id,
+            provision_key=provision_key,
+            repin_key=repin_key,
+        )
+    methods = build_methods(signer, config, metrics)
+
+    series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
+
+    def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:
+        known = method if method in methods else "unknown"
+        children = series.get((known, outcome))
+        if children is None:
+            children = series[(known, outcome)] = (
+                metrics.requests.labels(known, outcome),
+                metrics.request_seconds.labels(known),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+        if request_log.isEnabledFor(logging.INFO):
+            account = account_of(method, params)
+            fields = (
+                {"method": known, "account": account, "outcome": outcome,
+                 "latency_ms": round(seconds * 1000, 3), "transport": ctx.transport}
+                if config.log_json
+                else None
+            )
+            request_log.info(
+                "%s account=%s outcome=%s latency_ms=%.2f transport=%s",
+                known, account, outcome, seconds * 1000, ctx.transport,
+                extra={"fields": fields} if fields else None,
+            )
+
+    dispatcher = Dispatcher(methods, observer=observe)
+    ipc = None if isinstance(signer, FollowerSigner) else IpcServer(config.ipc_socket, dispatcher)
+    sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
+
+    async def health() -> tuple[int, dict[str, object]]:
+        status = signer.status
+        try:
+            store_seconds = await asyncio.to_thread(store.ping)
+            metrics.store_seconds.labels("ping").observe(store_seconds)
+            store_ok = True
+        except Exception:
+            store_ok = False
+        age = time.time() - status.attested_at if status.attested else None
+        body: dict[str, object] = {
+            "ready": signer.ready and store_ok,
+            "enclave_reachable": status.enclave_reachable,
+            "attested": status.attested,
+            "attestation_age_seconds": round(age, 1) if age is not None else None,
+            "keys_unsealed": status.keys_unsealed,
+            "keys_loaded": status.keys_loaded,
+            "unseal_failures": status.unseal_failures,
+            "store_reachable": store_ok,
+            "last_error": status.last_error or None,
+        }
+        return (200 if body["ready"] else 503), body
+
+    def render_metrics() -> tuple[bytes, str]:
+        status = signer.status
+        metrics.keys_loaded.set(status.keys_loaded)
+        metrics.attested.set(1 if status.attested else 0)
+        if status.attested:
+            metrics.attestation_age.set(time.time() - status.attested_at)
+        return metrics.render()
+
+    token = None
+    if config.auth_token_file is not None:
+        token = config.auth_token_file.read_text().strip()
+        if not token:
+            raise SystemExit(f"{config.auth_token_file}: auth token file is empty")
+    app = make_http_app(dispatcher, HttpConfig(config.vhosts, config.cors_domains, token), health, render_metrics)
+    return sidecar, app
