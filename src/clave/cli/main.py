@@ -12,6 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli.client import (
+    add_client_options,
+    add_common_options,
+    attested_public_key,
+    connect,
+    read_password,
+)
 from clave.cli.validator import add_validator_commands
 from clave.sidecar.config import (
     DEFAULT_DATADIR,
@@ -24,20 +31,8 @@ from clave.sidecar.config import (
 from clave.sidecar.secretfiles import write_new_private
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--datadir", default=str(DEFAULT_DATADIR), help="data directory (default ~/.clave)")
-    parser.add_argument("--ipcpath", default=None, help="IPC socket path (default <datadir>/clave.ipc)")
-
-
-def add_client_options(parser: argparse.ArgumentParser) -> None:
-    """Options of commands that talk to a running clave and send it secrets (after attesting it)."""
-    _add_common(parser)
-    parser.add_argument("--attestation-root", default=None, help="PEM of the attestation root to trust")
-    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="require this PCR value")
-
-
 def _add_server(parser: argparse.ArgumentParser) -> None:
-    _add_common(parser)
+    add_common_options(parser)
     parser.add_argument("--http.addr", dest="http_addr", default=DEFAULT_HTTP_ADDR)
     parser.add_argument("--http.port", dest="http_port", type=int, default=DEFAULT_HTTP_PORT)
     parser.add_argument("--nohttp", action="store_true", help="serve IPC only")
@@ -149,7 +144,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
 
     if args.attest_command == "verify":
         return cmd_attest_verify(args)
-    with _with_client(args) as client:
+    with connect(args) as client:
         nonce = bytes.fromhex(args.nonce.removeprefix("0x")) if args.nonce else os.urandom(32)
         document = bytes.fromhex(client.call("clave_attest", "0x" + nonce.hex())[2:])
     result: dict[str, Any] = {"nonce": nonce.hex()}
@@ -222,54 +217,8 @@ def cmd_kms_policy(args: argparse.Namespace) -> int:
 # -- account commands -------------------------------------------------------------------------------
 
 
-def _ipc_path(args: argparse.Namespace) -> Path:
-    if args.ipcpath:
-        return Path(os.path.expanduser(args.ipcpath)).absolute()
-    return Path(os.path.expanduser(args.datadir)).absolute() / "clave.ipc"
-
-
-def _read_password(path: str) -> str:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise SystemExit(f"clave: {path}: cannot read password file: {exc.strerror}") from None
-    lines = text.splitlines()
-    # geth reads the first line of --password files and trims the line ending only.
-    return lines[0] if lines else ""
-
-
-def _attested_public_key(client: Any, args: argparse.Namespace) -> bytes:
-    """Ask the enclave for a fresh attestation and check it here, so secrets go only to a genuine enclave."""
-    from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
-
-    datadir = Path(os.path.expanduser(args.datadir)).absolute()
-    root_path = Path(args.attestation_root) if args.attestation_root else datadir / "nsm" / "root.pem"
-    if not root_path.exists():
-        raise SystemExit(f"clave: {root_path}: no attestation root; pass --attestation-root PEM")
-    root = load_root(root_path.read_bytes())
-    nonce = os.urandom(32)
-    document = bytes.fromhex(client.call("clave_attest", "0x" + nonce.hex())[2:])
-    pcrs = dict(parse_pcr(p) for p in args.pcr)
-    verified = verify_attestation(
-        document, root=root, now_ms=int(time.time() * 1000), pcr_policy=PcrPolicy(expected=pcrs, allow_debug=not pcrs),
-        expected_nonce=nonce, max_age_ms=5 * 60 * 1000,
-    )
-    if verified.public_key is None:
-        raise SystemExit("clave: the enclave's attestation carries no public key")
-    return verified.public_key
-
-
-def _with_client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from clave.sidecar.transports.ipc_client import IpcClient
-
-    try:
-        return IpcClient(_ipc_path(args))
-    except ConnectionError as exc:
-        raise SystemExit(f"clave: {exc}") from None
-
-
 def cmd_account_new(args: argparse.Namespace) -> int:
-    with _with_client(args) as client:
+    with connect(args) as client:
         addresses = client.call("clave_newAccount", {"count": args.count, "exportable": args.exportable})
     for address in addresses:
         print(f"Public address of the key:   {address}")
@@ -277,7 +226,7 @@ def cmd_account_new(args: argparse.Namespace) -> int:
 
 
 def cmd_account_list(args: argparse.Namespace) -> int:
-    with _with_client(args) as client:
+    with connect(args) as client:
         accounts = client.call("clave_listAccounts")
     for i, account in enumerate(accounts):
         export = "exportable" if account["exportable"] else "not exportable"
@@ -290,12 +239,12 @@ def cmd_account_import(args: argparse.Namespace) -> int:
     from clave.core.envelope import seal_to
     from clave.sidecar.transports.ipc_client import RpcCallError
 
-    password = _read_password(args.password_file)
+    password = read_password(args.password_file)
     source = Path(args.path)
     if not source.exists():
         raise SystemExit(f"clave: {source}: no such file or directory")
-    with _with_client(args) as client:
-        public_key = _attested_public_key(client, args)
+    with connect(args) as client:
+        public_key = attested_public_key(client, args)
     candidates = [c for c in scan(source) if not c.skipped]
     failures = 0
     for candidate in candidates:
@@ -308,7 +257,7 @@ def cmd_account_import(args: argparse.Namespace) -> int:
     def import_one(candidate: Any) -> tuple[Any, str | None, str | None]:
         # One IPC connection per worker: the enclave decrypts concurrent imports on all its cores.
         if not hasattr(local, "client"):
-            local.client = _with_client(args)
+            local.client = connect(args)
         envelope = seal_to(public_key, {"keyfile": candidate.text, "password": password})
         try:
             return candidate, local.client.call("clave_importKeyfile", "0x" + envelope.hex(), bool(args.exportable)), None
@@ -333,14 +282,14 @@ def cmd_account_export(args: argparse.Namespace) -> int:
     from clave.core.envelope import seal_to
     from clave.sidecar.transports.ipc_client import RpcCallError
 
-    password = _read_password(args.password_file)
+    password = read_password(args.password_file)
     if not password:
         raise SystemExit(f"clave: {args.password_file}: the export password is empty")
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"clave: {out}: already exists; refusing to overwrite")  # before asking the enclave
-    with _with_client(args) as client:
-        public_key = _attested_public_key(client, args)
+    with connect(args) as client:
+        public_key = attested_public_key(client, args)
         envelope = seal_to(public_key, {"password": password})
         try:
             keyfile = client.call("clave_exportKeyfile", args.address, "0x" + envelope.hex())
@@ -413,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     kmse.set_defaults(func=cmd_kms_emulator)
 
     att = sub.add_parser("attest", help="fetch and verify the enclave's attestation document")
-    _add_common(att)
+    add_common_options(att)
     att.add_argument("--nonce", default=None, help="hex nonce (default: 32 random bytes)")
     att.add_argument("--root", default=None, help="root PEM (default: the local software NSM root)")
     att.add_argument("--aws-root", action="store_true", help="require the root to be AWS Nitro Root-G1")

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli.client import add_client_options, attested_public_key, connect
 from clave.sidecar.secretfiles import write_new_private
 
 PUBKEY = re.compile(r"^0xc004[0-9a-f]{128}$")
@@ -55,18 +56,16 @@ def write_keyfile(directory: Path, pubkey: str, keyfile: str) -> Path:
 
 
 def _sealed_password(client: Any, args: argparse.Namespace, password: str) -> str:
-    from clave.cli.main import _attested_public_key
     from clave.core.envelope import seal_to
 
     # Sealed to the attested enclave key: the sidecar relays the password without being able to read it.
-    return "0x" + seal_to(_attested_public_key(client, args), {"password": password}).hex()
+    return "0x" + seal_to(attested_public_key(client, args), {"password": password}).hex()
 
 
 def _call(args: argparse.Namespace, method: str, *params_before: str, password: str) -> dict[str, str]:
-    from clave.cli.main import _with_client
     from clave.sidecar.transports.ipc_client import RpcCallError
 
-    with _with_client(args) as client:
+    with connect(args) as client:
         envelope = _sealed_password(client, args, password)
         try:
             return client.call(method, *params_before, envelope)  # type: ignore[no-any-return]
@@ -167,7 +166,6 @@ def cmd_validator_password_fifo(args: argparse.Namespace) -> int:
 
 def add_validator_commands(subparsers: Any) -> None:
     """Add `clave validator …` to the `clave` parser's subcommands."""
-    from clave.cli.main import add_client_options
 
     validator = subparsers.add_parser("validator", help="go-opera / sonic validator keys made in the enclave")
     sub = validator.add_subparsers(dest="validator_command", required=True)

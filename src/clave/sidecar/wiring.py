@@ -96,8 +96,9 @@ class Sidecar:
             self.runner, self.config.http_addr, self.config.http_port, reuse_address=True, reuse_port=shared or None
         )
         await site.start()
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr,attr-defined]
-        port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        # runner.addresses: the bound (host, port, ...) of every listening socket; port 0 picks a free one.
+        addresses = self.runner.addresses
+        port = addresses[0][1] if addresses else self.config.http_port
         self.http_port = port
         host = self.config.http_addr if ":" not in self.config.http_addr else f"[{self.config.http_addr}]"
         self.http_url = f"http://{host}:{port}"

@@ -1,0 +1,72 @@
+"""What every command that talks to a running clave shares: its options, the IPC client, the password
+file, and the attested enclave key that secrets are sealed to."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from clave.sidecar.config import DEFAULT_DATADIR, parse_pcr
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--datadir", default=str(DEFAULT_DATADIR), help="data directory (default ~/.clave)")
+    parser.add_argument("--ipcpath", default=None, help="IPC socket path (default <datadir>/clave.ipc)")
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """Options of commands that talk to a running clave and send it secrets (after attesting it)."""
+    add_common_options(parser)
+    parser.add_argument("--attestation-root", default=None, help="PEM of the attestation root to trust")
+    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="require this PCR value")
+
+
+def ipc_path(args: argparse.Namespace) -> Path:
+    if args.ipcpath:
+        return Path(os.path.expanduser(args.ipcpath)).absolute()
+    return Path(os.path.expanduser(args.datadir)).absolute() / "clave.ipc"
+
+
+def read_password(path: str) -> str:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SystemExit(f"clave: {path}: cannot read password file: {exc.strerror}") from None
+    lines = text.splitlines()
+    # geth reads the first line of --password files and trims the line ending only.
+    return lines[0] if lines else ""
+
+
+def attested_public_key(client: Any, args: argparse.Namespace) -> bytes:
+    """Ask the enclave for a fresh attestation and check it here, so secrets go only to a genuine enclave."""
+    from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
+
+    datadir = Path(os.path.expanduser(args.datadir)).absolute()
+    root_path = Path(args.attestation_root) if args.attestation_root else datadir / "nsm" / "root.pem"
+    if not root_path.exists():
+        raise SystemExit(f"clave: {root_path}: no attestation root; pass --attestation-root PEM")
+    root = load_root(root_path.read_bytes())
+    nonce = os.urandom(32)
+    document = bytes.fromhex(client.call("clave_attest", "0x" + nonce.hex())[2:])
+    pcrs = dict(parse_pcr(p) for p in args.pcr)
+    verified = verify_attestation(
+        document, root=root, now_ms=int(time.time() * 1000), pcr_policy=PcrPolicy(expected=pcrs, allow_debug=not pcrs),
+        expected_nonce=nonce, max_age_ms=5 * 60 * 1000,
+    )
+    if verified.public_key is None:
+        raise SystemExit("clave: the enclave's attestation carries no public key")
+    return verified.public_key
+
+
+def connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from clave.sidecar.transports.ipc_client import IpcClient
+
+    try:
+        return IpcClient(ipc_path(args))
+    except ConnectionError as exc:
+        raise SystemExit(f"clave: {exc}") from None
+
+
