@@ -36,9 +36,8 @@ def _meta(datadir: Path, name: str) -> bytes:
 def _modified_tree(tmp: Path) -> Path:
     """A copy of the code whose enclave differs by one comment: a new build with a new PCR0."""
     src = tmp / "src"
-    for package in ("enclave", "sidecar"):
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(src / "enclave" / "service.py", "a") as handle:
+    shutil.copytree(ROOT / "src" / "clave", src / "clave", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(src / "clave" / "enclave" / "service.py", "a") as handle:
         handle.write("\n# a rebuilt enclave image\n")
     return src
 

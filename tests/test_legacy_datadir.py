@@ -1,0 +1,68 @@
+"""A datadir made by the previous release (tests/data/legacy-datadir-0.1.0, see its README) opens with this
+one: the sealed records unseal, both accounts sign, and the exportable one exports to a keyfile that
+eth-keyfile opens to the original key. The old KMS key policy pins the old enclave code's PCR0, so the new
+code is refused until the operator accepts it, exactly as for any new enclave release."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_keyfile import decode_keyfile_json
+
+from tests.stack import ClaveProcess
+
+pytestmark = pytest.mark.slow
+
+FIXTURE = Path(__file__).parent / "data" / "legacy-datadir-0.1.0"
+IMPORTED_KEY = hashlib.sha256(b"clave legacy datadir test key").digest()
+IMPORTED = "0x5cc080791a55291f5e8ba79f8a74c3ffd9bf6901"
+GENERATED = "0x411da4574d6e5715609b8a33e369bdca74b1b4eb"
+
+
+def _copy_datadir(dest: Path) -> Path:
+    shutil.copytree(FIXTURE, dest, ignore=shutil.ignore_patterns("README.md"))
+    # git keeps no modes: give the datadir the modes clave made it with.
+    for path in [dest, *dest.rglob("*")]:
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    return dest
+
+
+def test_previous_release_datadir_opens_and_signs(tmp_path: Path) -> None:
+    assert Account.from_key(IMPORTED_KEY).address.lower() == IMPORTED
+    datadir = _copy_datadir(tmp_path / "datadir")
+    before = (datadir / "keystore.sqlite").read_bytes()
+
+    refused = ClaveProcess(datadir, chain_ids="1,31337")
+    refused.start(until_waiting=True)
+    try:
+        assert "PCR0" in refused.waiting_line, refused.waiting_line
+    finally:
+        refused.stop()
+    assert (datadir / "keystore.sqlite").read_bytes() == before  # nothing written while refused
+
+    clave = ClaveProcess(datadir, chain_ids="1,31337", extra=["--accept-new-enclave"])
+    clave.start()
+    try:
+        assert sorted(clave.rpc("account_list")) == sorted([IMPORTED, GENERATED])
+        for address in (IMPORTED, GENERATED):
+            signature = clave.rpc("eth_sign", address, "0x6c6567616379")
+            recovered = Account.recover_message(encode_defunct(b"legacy"), signature=signature)
+            assert recovered.lower() == address
+        password = tmp_path / "export-pw"
+        password.write_text("export password\n")
+        out = tmp_path / "exported.json"
+        result = clave.cli("account", "export", IMPORTED, "--password-file", str(password), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert decode_keyfile_json(json.loads(out.read_text()), b"export password") == IMPORTED_KEY
+        refused_export = clave.cli("account", "export", GENERATED, "--password-file", str(password),
+                                   "--out", str(tmp_path / "not-exportable.json"))
+        assert refused_export.returncode != 0 and not (tmp_path / "not-exportable.json").exists()
+    finally:
+        clave.stop()
