@@ -16,7 +16,8 @@ from typing import Any
 import cbor2
 
 from clave.core.errors import InvalidParams, RequestError
-from clave.core.gojson import GoJSONError, decode_bytes, invalid_argument
+from clave.sidecar.rpc import args
+from clave.sidecar.rpc.args import ipc_only
 from clave.sidecar.rpc.dispatch import CallContext, Method
 from clave.sidecar.signing.enclave_client import SLOW_TIMEOUT, EnclaveNotReady
 from clave.sidecar.signing.signer import Signer
@@ -30,24 +31,14 @@ def _meta_name(pubkey: bytes) -> str:
 
 
 def validator_methods(signer: Signer) -> dict[str, Method]:
-    def ipc_only(ctx: CallContext, name: str) -> None:
-        if ctx.transport != "ipc":
-            raise RequestError(f"the method {name} does not exist/is not available", code=-32601)
-
     async def call(method: str, params: dict[str, Any]) -> dict[str, Any]:
         if not signer.ready:
             raise EnclaveNotReady(signer.status.last_error or "keys are being unsealed")
         return await signer.client.call(method, params, timeout=SLOW_TIMEOUT)  # type: ignore[no-any-return]
 
-    def envelope(params: list[Any], index: int) -> bytes:
-        try:
-            return decode_bytes(params[index])
-        except GoJSONError as exc:
-            raise invalid_argument(index, exc) from None
-
     async def clave_validator_new(params: list[Any], ctx: CallContext) -> dict[str, str]:
         ipc_only(ctx, "clave_validatorNew")
-        result = await call("validator_new", {"envelope": envelope(params, 0)})
+        result = await call("validator_new", {"envelope": args.data(params, 0)})
         pubkey = bytes(result["pubkey"])
         # Persisted before the keyfile is handed out: a keyfile whose backup was lost is worse than none.
         await asyncio.to_thread(signer.store.set_meta, _meta_name(pubkey), cbor2.dumps(result["record"]))
@@ -62,7 +53,7 @@ def validator_methods(signer: Signer) -> dict[str, Method]:
         blob = await asyncio.to_thread(signer.store.get_meta, _meta_name(pubkey))
         if blob is None:
             raise RequestError(f"no sealed backup of validator key {text.lower()} in this store")
-        result = await call("validator_keyfile", {"record": cbor2.loads(blob), "envelope": envelope(params, 1)})
+        result = await call("validator_keyfile", {"record": cbor2.loads(blob), "envelope": args.data(params, 1)})
         if bytes(result["pubkey"]) != pubkey:
             raise RequestError("sealed validator record does not match its public key")
         return {"pubkey": "0x" + pubkey.hex(), "keyfile": str(result["keyfile"])}
