@@ -12,8 +12,8 @@ from typing import Any
 
 import eth_abi
 from eth_abi.grammar import BasicType, TupleType, parse
-from eth_utils import keccak
 
+from clave.core.eth.hashing import keccak256
 from clave.core.gojson import checksum, go_quote
 
 
@@ -222,7 +222,7 @@ def verify_selector(selector: str, calldata: bytes) -> str:
                 raise ValueError(f"unsupported arg type: {a.kind}")
     except Exception as exc:  # ValueError from _resolve, eth_abi's ABITypeError
         raise AbiMismatch(f"invalid method signature ({go_quote(_abi_json(method))}): {exc}") from None
-    if keccak(text=method.sig)[:4] != calldata[:4]:
+    if keccak256(method.sig.encode())[:4] != calldata[:4]:
         raise AbiMismatch(f"no method with id: 0x{calldata[:4].hex()}")
     types = [a.kind for a in method.inputs]
     try:
