@@ -41,6 +41,7 @@ from clave.core.gojson import (
     pointer,
     slice_of,
 )
+from clave.core.shapes import Authorization, NormalizedTx
 from clave.sidecar.requests.abi_selector import AbiMismatch, verify_selector
 
 WARN = "WARNING"
@@ -316,8 +317,8 @@ def clef_tx_type(args: SendTxArgs) -> int:
     return 0
 
 
-def clef_to_tx(args: SendTxArgs, signer_chain_ids: list[int]) -> dict[str, Any]:
-    """SendTxArgs.ToTransaction + the chain id clef signs with, as clave's normalized tx dict.
+def clef_to_tx(args: SendTxArgs, signer_chain_ids: list[int]) -> NormalizedTx:
+    """SendTxArgs.ToTransaction + the chain id clef signs with, as clave's normalized transaction.
 
     Legacy transactions get the chain id too: clef signs them EIP-155 with its configured chain id
     (LatestSignerForChainID), and a request naming another chain was already refused.
@@ -325,7 +326,7 @@ def clef_to_tx(args: SendTxArgs, signer_chain_ids: list[int]) -> dict[str, Any]:
     _clef_build_checks(args)
     chain_id = clef_chain_id(args.chain_id, signer_chain_ids)
     tx_type = clef_tx_type(args)
-    tx: dict[str, Any] = {
+    tx: NormalizedTx = {
         "type": tx_type,
         "chainId": chain_id,
         "nonce": args.nonce,
@@ -371,7 +372,7 @@ class TransactionArgs:
     blobs: list[bytes] | None = None
     commitments: list[bytes] | None = None
     proofs: list[bytes] | None = None
-    authorization_list: list[dict[str, Any]] | None = None
+    authorization_list: list[Authorization] | None = None
 
 
 _AUTHORIZATION_FIELDS = {
@@ -384,7 +385,7 @@ _AUTHORIZATION_FIELDS = {
 }
 
 
-def _authorization(value: Any) -> dict[str, Any]:
+def _authorization(value: Any) -> Authorization:
     # types.SetCodeAuthorization's gencodec UnmarshalJSON: every field required.
     fields = _AUTHORIZATION_FIELDS
     got = decode_struct(value, fields, "SetCodeAuthorization", "types.SetCodeAuthorization")
@@ -478,7 +479,7 @@ def ethapi_to_tx(
     fee_cap_ether: float = DEFAULT_FEE_CAP_ETHER,
     london: bool = True,
     max_blobs: int = MAX_BLOBS_PER_TX,
-) -> dict[str, Any]:
+) -> NormalizedTx:
     """geth's eth_signTransaction checks (SignTransaction, setDefaults, checkTxFee) and ToTransaction.
 
     clave has no chain state, so nothing is estimated or filled from the chain: a request must carry
@@ -519,7 +520,7 @@ def ethapi_to_tx(
         raise RequestError(f"chainId does not match node's (have={chain_id}, want={chain_ids[0]})")
 
     tx_type = ethapi_tx_type(args)
-    tx: dict[str, Any] = {
+    tx: NormalizedTx = {
         "type": tx_type,
         "chainId": chain_id,
         "nonce": args.nonce,
@@ -540,6 +541,8 @@ def ethapi_to_tx(
         tx["maxFeePerBlobGas"] = args.max_fee_per_blob_gas
         tx["blobVersionedHashes"] = list(hashes or [])
     if tx_type == 4:
-        tx["authorizationList"] = [dict(a) for a in args.authorization_list or []]
-    check_tx_fee(tx["gasPrice"] if tx_type == 0 else tx["maxFeePerGas"], tx["gas"], fee_cap_ether)
+        tx["authorizationList"] = [a.copy() for a in args.authorization_list or []]
+    fee_per_gas = tx["gasPrice"] if tx_type == 0 else tx["maxFeePerGas"]
+    assert fee_per_gas is not None  # the checks above required a complete fee mechanism
+    check_tx_fee(fee_per_gas, tx["gas"], fee_cap_ether)
     return tx

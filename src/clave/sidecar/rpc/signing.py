@@ -7,6 +7,7 @@ from typing import Any
 
 from clave.core.errors import RequestError
 from clave.core.eth.txjson import geth_tx_json
+from clave.core.shapes import NormalizedTx
 from clave.sidecar.observe.metrics import Metrics
 from clave.sidecar.rpc.args import hex_result
 from clave.sidecar.signing.signer import Signer
@@ -23,7 +24,7 @@ class SigningCalls:
         self.metrics.signatures.labels(kind).inc()
         return signature
 
-    async def transaction(self, address: bytes, tx: dict[str, Any]) -> dict[str, Any]:
+    async def transaction(self, address: bytes, tx: NormalizedTx) -> dict[str, Any]:
         result = await self.signer.sign_tx(address, tx)
         self.metrics.signatures.labels(f"tx{tx['type']}").inc()
         return {

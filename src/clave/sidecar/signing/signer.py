@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
+from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
 from clave.sidecar.signing.enclave_client import (
     SLOW_TIMEOUT,
     EnclaveClient,
@@ -328,14 +329,14 @@ class Signer:
         result = await self._call("export_keyfile", {"address": address, "envelope": envelope}, timeout=SLOW_TIMEOUT)
         return str(result["keyfile"])
 
-    async def sign_tx(self, address: bytes, tx: dict[str, Any]) -> dict[str, Any]:
+    async def sign_tx(self, address: bytes, tx: NormalizedTx) -> SignedTx:
         await self.require(address)
         return await self._call("sign_tx", {"address": address, "tx": tx})  # type: ignore[no-any-return]
 
     async def sign(self, method: str, address: bytes, **params: Any) -> tuple[bytes, bytes]:
         """Run one of the enclave's message signers; returns (65-byte signature with V 0/1, digest)."""
         await self.require(address)
-        result = await self._call(method, {"address": address, **params})
+        result: MessageSignature = await self._call(method, {"address": address, **params})
         return result["signature"], result["digest"]
 
 
