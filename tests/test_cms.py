@@ -48,7 +48,7 @@ case_params = pytest.mark.parametrize(
 )
 
 # --------------------------------------------------------------------------------------------------------
-# A BER builder in the shape KMS emits (nitro.md §3.3), with every part overridable for negative tests.
+# A BER builder in the shape KMS emits (aws-nitro-enclaves-sdk-c source/cms.c), with every part overridable for negative tests.
 
 OID_ENVELOPED = "2a864886f70d010703"
 OID_SIGNED = "2a864886f70d010702"

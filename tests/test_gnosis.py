@@ -21,7 +21,7 @@ from clave.sidecar.requests.gnosis import (
 )
 from clave.sidecar.requests.txargs import clef_reject_message, clef_validate
 
-# signer/core/signed_data_test.go TestGnosisCustomData / TestGnosisCustomDataWithChainId (clef.md §7.2)
+# signer/core/signed_data_test.go TestGnosisCustomData / TestGnosisCustomDataWithChainId
 GNOSIS_TX = """{
   "safe": "0x25a6c4BBd32B2424A9c99aEB0584Ad12045382B3", "to": "0x9eE457023bB3De16D51A003a247BaEaD7fce313D",
   "value": "20000000000000000", "data": null, "operation": 0,

@@ -1,6 +1,6 @@
 """A software NSM for local runs and CI: same CBOR messages, same attestation format, its own PKI.
 
-What it reproduces from a real Nitro NSM (research notes nitro.md §1, §2, §5):
+What it reproduces from a real Nitro NSM (aws-nitro-enclaves-nsm-api: `src/api/mod.rs`, `docs/attestation_process.md`):
 - the request/response messages of `nsm.py` with the same size limits and error codes;
 - 32 SHA-384 PCRs, 0–15 locked from "boot", 16–31 extendable and lockable by the application;
 - attestation documents byte-shaped like the hardware's: untagged COSE_Sign1

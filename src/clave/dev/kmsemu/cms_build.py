@@ -1,4 +1,4 @@
-"""Build `CiphertextForRecipient` in the exact BER shape real KMS returns (research nitro.md §3.3).
+"""Build `CiphertextForRecipient` in the exact BER shape real KMS returns (aws-nitro-enclaves-sdk-c `source/cms.c`).
 
 ContentInfo(envelopedData) → EnvelopedData v2 with one KeyTransRecipientInfo v2 (rid = 32-byte
 subjectKeyIdentifier, RSAES-OAEP with SHA-256 and MGF1-SHA-256, RSA-encrypted 32-byte CEK) and an

@@ -3,7 +3,7 @@
 KMS answers a call carrying `Recipient` with a CMS EnvelopedData (RFC 5652) encrypted to the public key of
 the attestation document. `cryptography` cannot read it (BER indefinite lengths, a subjectKeyIdentifier
 recipient, RSAES-OAEP key transport), so this module walks the BER itself. It accepts exactly the shape
-KMS emits (nitro.md §3.3; aws-nitro-enclaves-sdk-c `source/cms.c` and the real blobs of
+KMS emits (aws-nitro-enclaves-sdk-c `source/cms.c` and the real blobs of
 `tests/kmstool-enclaves/cms_test.c`) and nothing else:
 
     ContentInfo SEQUENCE {

@@ -1,6 +1,6 @@
 """The sidecar's view of the enclave: bring-up (attest → KMS → unseal), the account list, and typed calls.
 
-Bring-up follows DESIGN.md: fresh nonce → attestation document carrying the enclave's per-boot RSA key
+Bring-up (README "Architecture"): fresh nonce → attestation document carrying the enclave's per-boot RSA key
 → verify (pinned root, PCR pins, nonce) → KMS GenerateDataKey/Decrypt with the document as Recipient →
 the enclave opens CiphertextForRecipient → sealed records are handed over. The sidecar never holds the
 data key or any account key in plaintext.
