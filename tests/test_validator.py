@@ -167,7 +167,7 @@ def test_validator_new_writes_opera_keyfile(clave: ClaveProcess, tmp_path: Path)
     assert clave.rpc("account_version") == "6.1.0"
 
 
-def test_validator_methods_are_ipc_only(clave: ClaveProcess) -> None:
+def test_opera_methods_are_ipc_only(clave: ClaveProcess) -> None:
     from tests.stack import RpcFailure
 
     for method, params in (("clave_validatorNew", ["0x00"]), ("clave_validatorKeyfile", ["0xc0", "0x00"])):

@@ -19,7 +19,7 @@ from clave.cli.client import (
     connect,
     read_password,
 )
-from clave.cli.validator import add_validator_commands
+from clave.cli.opera import add_validator_commands
 from clave.sidecar.config import (
     DEFAULT_DATADIR,
     DEFAULT_HTTP_ADDR,

@@ -30,7 +30,7 @@ def _meta_name(pubkey: bytes) -> str:
     return META_PREFIX + pubkey.hex()
 
 
-def validator_methods(signer: Signer) -> dict[str, Method]:
+def opera_methods(signer: Signer) -> dict[str, Method]:
     async def call(method: str, params: dict[str, Any]) -> dict[str, Any]:
         if not signer.ready:
             raise EnclaveNotReady(signer.status.last_error or "keys are being unsealed")
