@@ -25,10 +25,10 @@ from eth_keyfile import create_keyfile_json
 
 from clave.core.envelope import open_envelope
 from clave.core.errors import InvalidParams
+from clave.core.eth.secp256k1 import address_of
 from clave.enclave.keys import generate_secret, key_from_secret
 from clave.enclave.nitro import nsm as nsm_api
 from clave.enclave.sealing import RECORD_VERSION, RecordMeta, SealError, seal
-from clave.enclave.signing import address_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
