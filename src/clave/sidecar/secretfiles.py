@@ -1,25 +1,45 @@
-"""Writing files that hold key material (exported keyfiles, validator keyfiles) on the operator's side."""
+"""The one way clave writes a file that holds a secret: exported and validator keyfiles on the operator's
+side, and the state of the software NSM and the KMS emulator in local runs.
+
+Mode 0600 from the first byte, and never half-written: a hidden temp file in the same directory, fsync,
+rename, fsync of the directory, as geth's and go-opera's keystores do it, so a crash leaves either the
+old state or the whole new file.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
+from clave.core.errors import ConfigError
 
-def write_new_private(target: Path, text: str) -> Path:
-    """Write `text` to `target` atomically, mode 0600, never replacing an existing file.
 
-    As geth's and go-opera's keystores do it: a hidden temp file in the same directory, fsync, rename,
-    fsync of the directory, so a crash leaves either no file or the whole file.
+class AlreadyExists(ConfigError):
+    """The target of a new-only write exists: a key file is never overwritten."""
+
+    remedy = "move the existing file away first, or write to another path"
+
+    def __init__(self, target: Path) -> None:
+        super().__init__(f"{target}: already exists; refusing to overwrite")
+        self.path = target
+
+
+def write_private(target: Path, data: bytes | str, *, replace: bool) -> Path:
+    """Write `data` (str as UTF-8) to `target` atomically with mode 0600.
+
+    `replace=False`: a new file only; an existing `target` raises AlreadyExists (the keystores' rule for
+    key files). `replace=True`: an existing `target` is replaced atomically (state rewritten in place).
     """
-    if target.exists():
-        raise SystemExit(f"clave: {target}: already exists; refusing to overwrite")
+    if not replace and target.exists():
+        raise AlreadyExists(target)
+    body = data.encode() if isinstance(data, str) else data
     directory = target.parent
-    tmp = directory / f".{target.name[:16]}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{target.name[:16]}.", suffix=".tmp")  # 0600, O_EXCL
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -32,3 +52,8 @@ def write_new_private(target: Path, text: str) -> Path:
     finally:
         os.close(dir_fd)
     return target
+
+
+def write_new_private(target: Path, text: str) -> Path:
+    """A new key file (exported or validator keyfile); never replaces an existing one."""
+    return write_private(target, text, replace=False)
