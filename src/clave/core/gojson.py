@@ -273,15 +273,21 @@ def pointer(decoder: FieldDecoder) -> FieldDecoder:
     return run
 
 
+def _container(value: Any, kind: type, go_type: str) -> bool:
+    """Whether a slice or map field holds something: False for null (nil), True for a JSON value of the
+    container's `kind`; anything else is a soft type error."""
+    if value is None:
+        return False
+    if not isinstance(value, kind):
+        raise GoJSONError(value=json_kind(value), go_type=go_type, hard=False)
+    return True
+
+
 def slice_of(decoder: FieldDecoder, go_type: str) -> FieldDecoder:
     """A Go slice: null → nil (None), `[]` → empty (not None), anything but an array → soft type error."""
 
     def run(value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, list):
-            raise GoJSONError(value=json_kind(value), go_type=go_type, hard=False)
-        return [decoder(item) for item in value]
+        return [decoder(item) for item in value] if _container(value, list, go_type) else None
 
     return run
 
@@ -290,11 +296,7 @@ def map_of(decoder: FieldDecoder, go_type: str) -> FieldDecoder:
     """A Go map with string keys: null → nil (None), anything but an object → soft type error."""
 
     def run(value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise GoJSONError(value=json_kind(value), go_type=go_type, hard=False)
-        return {key: decoder(item) for key, item in value.items()}
+        return {key: decoder(item) for key, item in value.items()} if _container(value, dict, go_type) else None
 
     return run
 
@@ -344,14 +346,19 @@ def _parse_hex_quantity(text: str, max_digits: int, range_error: str) -> int:
     return int(digits, 16) if digits else 0
 
 
-def decode_big(value: Any, go_type: str = T_BIG) -> int:
-    """hexutil.Big (≤256 bits); `go_type` lets hexutil.U256 reuse it (same rules, `*uint256.Int`)."""
+def _decode_quantity(value: Any, go_type: str, max_digits: int, range_error: str) -> int:
+    """The UnmarshalJSON of hexutil's quantities: a JSON string, then hexutil's decErrors as type errors."""
     if not isinstance(value, str):
         raise _non_string(go_type)
     try:
-        return _parse_hex_quantity(_go_bytes(value), 64, ERR_BIG256_RANGE)
+        return _parse_hex_quantity(_go_bytes(value), max_digits, range_error)
     except ValueError as exc:
         raise _type_error(str(exc), go_type) from None
+
+
+def decode_big(value: Any, go_type: str = T_BIG) -> int:
+    """hexutil.Big (≤256 bits); `go_type` lets hexutil.U256 reuse it (same rules, `*uint256.Int`)."""
+    return _decode_quantity(value, go_type, 64, ERR_BIG256_RANGE)
 
 
 def decode_u256(value: Any) -> int:
@@ -359,12 +366,7 @@ def decode_u256(value: Any) -> int:
 
 
 def decode_uint64(value: Any) -> int:
-    if not isinstance(value, str):
-        raise _non_string(T_UINT64)
-    try:
-        return _parse_hex_quantity(_go_bytes(value), 16, ERR_UINT64_RANGE)
-    except ValueError as exc:
-        raise _type_error(str(exc), T_UINT64) from None
+    return _decode_quantity(value, T_UINT64, 16, ERR_UINT64_RANGE)
 
 
 def _check_text(text: str) -> str:
