@@ -5,7 +5,9 @@ geth, acting as the `--signer` client, ignores `raw` and rebuilds the transactio
 pointers as null, `omitempty` fields dropped, minimal hex quantities, lower-case addresses.
 
 `parse_geth_tx_json` is geth's `Transaction.UnmarshalJSON`: per-type required fields and geth's error
-texts, hexutil decoding rules, case-insensitive keys. The tests use it to play geth's side.
+texts, on `core.gojson`'s decoders (hexutil rules, case-insensitive keys, Go's error context). The tests
+use it to play geth's side. `decode_access_list` and `decode_authorization_list` are the field decoders
+of core/types' gencodec structs, for every Go struct that embeds them (txJSON, TransactionArgs, SendTxArgs).
 """
 
 from __future__ import annotations
