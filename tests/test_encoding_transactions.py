@@ -691,3 +691,22 @@ def test_keccak_backends_agree(data: bytes) -> None:
     from clave.core.eth.hashing import keccak256
 
     assert keccak256(data) == keccak.new(digest_bits=256, data=data).digest()
+
+
+def test_parse_follows_geths_tx_json_types() -> None:
+    # `hash` is a common.Hash value, not a pointer: geth decodes it, and null reaches its UnmarshalJSON.
+    obj = _signed_json(2) | {"hash": None}
+    with pytest.raises(RequestError) as e:
+        parse_geth_tx_json(obj)
+    assert e.value.message == "json: cannot unmarshal non-string into Go struct field txJSON.hash of type common.Hash"
+    # hexutil.U256 takes "" as zero, like hexutil.Big.
+    obj = _signed_json(4)
+    obj["authorizationList"][0]["chainId"] = ""
+    assert parse_geth_tx_json(obj)[0]["authorizationList"][0]["chainId"] == 0
+    # Errors inside a gencodec type (AccessTuple) name the outer struct and the whole field path.
+    obj = _signed_json(2) | {"accessList": [{"address": 5, "storageKeys": []}]}
+    with pytest.raises(RequestError) as e:
+        parse_geth_tx_json(obj)
+    assert e.value.message == (
+        "json: cannot unmarshal non-string into Go struct field txJSON.accessList.address of type common.Address"
+    )

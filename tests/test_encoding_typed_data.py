@@ -14,6 +14,7 @@ from eth_account.messages import encode_typed_data
 from clave.core.errors import RequestError
 from clave.core.eth.hashing import keccak256
 from clave.core.eth.typed_data import (
+    TypedDataDecodeError,
     domain_separator,
     encode_data,
     encode_type,
@@ -321,3 +322,21 @@ def test_message_key_matching_is_exact_but_top_level_keys_fold_case() -> None:
     assert typed_data_preimage(folded) == typed_data_preimage(MAIL)
     with pytest.raises(RequestError, match="doesn't match type 'string'"):
         typed_data_preimage(mail(message__Contents="x", message__contents=_DELETE))
+
+
+def test_decoding_follows_go_encoding_json() -> None:
+    # Keys fold as Go folds them (U+017F long s matches "s"), and the last one wins.
+    folded = {("typeſ" if k == "types" else k): v for k, v in MAIL.items()}
+    assert typed_data_preimage(folded) == typed_data_preimage(MAIL)
+    # null leaves Go's zero value: no decode error, then clef's "domain is undefined".
+    with pytest.raises(RequestError) as e:
+        typed_data_preimage(None)  # type: ignore[arg-type]
+    assert not isinstance(e.value, TypedDataDecodeError) and e.value.message == "domain is undefined"
+    # Type mismatches are remembered and the first in document order is reported...
+    with pytest.raises(TypedDataDecodeError) as d:
+        typed_data_preimage({"primaryType": 7, "types": {"A": [{"name": 5}]}})  # type: ignore[dict-item]
+    assert d.value.message == "json: cannot unmarshal number into Go struct field TypedData.primaryType of type string"
+    # ...unless an unmarshaler fails later, which stops decoding at once.
+    with pytest.raises(TypedDataDecodeError) as d:
+        typed_data_preimage({"primaryType": 7, "domain": {"chainId": "zz"}})  # type: ignore[dict-item]
+    assert d.value.message == 'invalid hex or decimal integer "zz"'

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clave.core.errors import INVALID_PARAMS
+from clave.core.errors import INVALID_PARAMS, RequestError
 from clave.core.gojson import (
     GoJSONError,
     MixedcaseAddress,
@@ -26,11 +26,15 @@ from clave.core.gojson import (
     field,
     go_quote,
     go_sharp_x,
+    go_type_name,
     hexutil_decode,
     invalid_argument,
+    json_kind,
     loads,
+    map_of,
     parse_big256,
     pointer,
+    slice_of,
 )
 
 EIP55 = "0x8A8eAFb1cf62BfBeb1741769DAE1a9dd47996192"
@@ -296,3 +300,38 @@ def test_decode_struct_with_short_lived_field_tables() -> None:
     for _ in range(50):
         assert decode_with_fresh_table(["address", "storageKeys"]) == {"address": 1, "storageKeys": 1}
         assert decode_with_fresh_table(["chainId", "nonce", "r", "s"]) == {"chainId": 1, "nonce": 1, "r": 1, "s": 1}
+
+
+@pytest.mark.parametrize(
+    "value, kind, go_type",
+    [
+        ("x", "string", "string"),
+        (1, "number", "float64"),
+        (1.5, "number", "float64"),
+        (True, "bool", "bool"),
+        ([], "array", "[]interface {}"),
+        ({}, "object", "map[string]interface {}"),
+        (None, "null", "<nil>"),
+    ],
+)
+def test_json_kind_and_go_type_name(value, kind, go_type) -> None:
+    # encoding/json's UnmarshalTypeError names the JSON kind; %T names the Go type it decoded to.
+    assert json_kind(value) == kind
+    assert go_type_name(value) == go_type
+
+
+def test_go_json_error_is_a_request_error() -> None:
+    exc = GoJSONError(value="number", go_type="string", hard=False)
+    assert isinstance(exc, RequestError)
+    assert exc.message == str(exc) == "json: cannot unmarshal number into Go value of type string"
+    plain = GoJSONError("missing required field 'address' for AccessTuple")
+    assert plain.message == str(plain) == "missing required field 'address' for AccessTuple"
+
+
+def test_slices_and_maps() -> None:
+    strings = slice_of(decode_uint64, "[]hexutil.Uint64")
+    assert strings(None) is None and strings([]) == [] and strings(["0x1"]) == [1]
+    assert _err(strings, {}) == "json: cannot unmarshal object into Go value of type []hexutil.Uint64"
+    table = map_of(decode_uint64, "map[string]hexutil.Uint64")
+    assert table(None) is None and table({"a": "0x2"}) == {"a": 2}
+    assert _err(table, []) == "json: cannot unmarshal array into Go value of type map[string]hexutil.Uint64"

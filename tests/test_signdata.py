@@ -11,12 +11,12 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from clave.core.errors import RequestError
+from clave.core.eth.messages import text_hash
 from clave.sidecar.requests.signdata import (
     ec_recover,
     ec_recover_check,
     parse_media_type,
     parse_sign_data,
-    text_hash,
 )
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "clef"

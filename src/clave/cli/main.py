@@ -399,10 +399,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     except Exception as exc:  # the library raises typed errors; show the message, not a traceback
-        from clave.core.errors import ClaveError
+        from clave.core.errors import ClaveError, InfraError
 
         if isinstance(exc, ClaveError):
             print(f"clave: {exc.message}", file=sys.stderr)
+            if isinstance(exc, InfraError) and exc.remedy:
+                print(f"clave: remedy: {exc.remedy}", file=sys.stderr)
             code = 1
         else:
             raise

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clave.core.errors import InvalidParams
+from clave.core.errors import InvalidParams, RequestError
 from clave.core.eth.hashing import keccak256 as keccak
 
 # hexutil's decError texts (common/hexutil/hexutil.go).
@@ -45,22 +45,25 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 ZERO_ADDRESS = bytes(20)
 
 
-class GoJSONError(Exception):
+class GoJSONError(RequestError):
     """A Go JSON decoding error.
 
     With `value` set it is a `*json.UnmarshalTypeError` (its text gains `Go struct field S.f` context
     when it happens inside a struct); otherwise `message` is printed verbatim, as Go prints errors
-    returned by custom unmarshalers that are not type errors.
+    returned by custom unmarshalers that are not type errors. `hard` follows Go's decoder: a custom
+    unmarshaler's error stops decoding at once, a plain type mismatch is remembered ("soft").
+
+    A RequestError (-32000, as clef reports a value it decoded late); positional arguments wrap it
+    with `invalid_argument` (-32602).
     """
 
     def __init__(self, message: str = "", *, value: str | None = None, go_type: str = "", hard: bool = True):
-        super().__init__(message)
-        self.plain = message
         self.value = value
         self.go_type = go_type
         self.hard = hard
         self.struct = ""
         self.field = ""
+        super().__init__(message)
 
     def add_context(self, struct: str, field: str) -> GoJSONError:
         # Go keeps one field stack for the whole decode and names the innermost struct; `nested`
@@ -73,7 +76,7 @@ class GoJSONError(Exception):
         return self
 
     @property
-    def message(self) -> str:
+    def message(self) -> str:  # type: ignore[override]
         if self.value is None:
             return self.plain
         if self.struct or self.field:
@@ -82,6 +85,10 @@ class GoJSONError(Exception):
                 f"{self.struct}.{self.field} of type {self.go_type}"
             )
         return f"json: cannot unmarshal {self.value} into Go value of type {self.go_type}"
+
+    @message.setter
+    def message(self, text: str) -> None:
+        self.plain = text
 
     def __str__(self) -> str:
         return self.message
@@ -122,8 +129,28 @@ def _no_constants(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_last_key_wins, parse_constant=_no_constants)
 
 
+# What Python's json module returns for each JSON value kind → fmt's %T of that value once Go's decoder has
+# put it in an interface{}.
+_GO_INTERFACE_TYPES = {
+    "null": "<nil>",
+    "bool": "bool",
+    "string": "string",
+    "number": "float64",
+    "array": "[]interface {}",
+    "object": "map[string]interface {}",
+}
+
+
 def json_kind(value: Any) -> str:
-    """The word Go's decoder uses for a JSON value in `cannot unmarshal <kind>`."""
+    """The word Go's encoding/json uses for a JSON value in `json: cannot unmarshal <kind> into …`.
+
+    decode.go names the kind of the JSON value, whatever the target: "string", "number", "bool",
+    "array", "object" (a number that does not fit an integer kind reads "number <literal>", see
+    `decode_uint`). It has no error for null (null into a non-pointer leaves it untouched), so decoders
+    handle None before they get here; "null" is the word of literalStore's TextUnmarshaler branch, which
+    current Go no longer reaches. go-ethereum's own unmarshalers have their own words instead (hexutil:
+    "non-string" and its decError texts).
+    """
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -135,6 +162,13 @@ def json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return "object"
+
+
+def go_type_name(value: Any) -> str:
+    """Go's %T of a JSON value decoded into interface{} (`wrong type float64`, `…/map[string]interface {}`).
+
+    Not the same word as `json_kind`: %T names the Go type the decoder chose (numbers are float64)."""
+    return _GO_INTERFACE_TYPES[json_kind(value)]
 
 
 def go_number_text(value: int | float) -> str:
@@ -239,15 +273,30 @@ def pointer(decoder: FieldDecoder) -> FieldDecoder:
     return run
 
 
+def _container(value: Any, kind: type, go_type: str) -> bool:
+    """Whether a slice or map field holds something: False for null (nil), True for a JSON value of the
+    container's `kind`; anything else is a soft type error."""
+    if value is None:
+        return False
+    if not isinstance(value, kind):
+        raise GoJSONError(value=json_kind(value), go_type=go_type, hard=False)
+    return True
+
+
 def slice_of(decoder: FieldDecoder, go_type: str) -> FieldDecoder:
     """A Go slice: null → nil (None), `[]` → empty (not None), anything but an array → soft type error."""
 
     def run(value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, list):
-            raise GoJSONError(value=json_kind(value), go_type=go_type, hard=False)
-        return [decoder(item) for item in value]
+        return [decoder(item) for item in value] if _container(value, list, go_type) else None
+
+    return run
+
+
+def map_of(decoder: FieldDecoder, go_type: str) -> FieldDecoder:
+    """A Go map with string keys: null → nil (None), anything but an object → soft type error."""
+
+    def run(value: Any) -> Any:
+        return {key: decoder(item) for key, item in value.items()} if _container(value, dict, go_type) else None
 
     return run
 
@@ -297,14 +346,19 @@ def _parse_hex_quantity(text: str, max_digits: int, range_error: str) -> int:
     return int(digits, 16) if digits else 0
 
 
-def decode_big(value: Any, go_type: str = T_BIG) -> int:
-    """hexutil.Big (≤256 bits); `go_type` lets hexutil.U256 reuse it (same rules, `*uint256.Int`)."""
+def _decode_quantity(value: Any, go_type: str, max_digits: int, range_error: str) -> int:
+    """The UnmarshalJSON of hexutil's quantities: a JSON string, then hexutil's decErrors as type errors."""
     if not isinstance(value, str):
         raise _non_string(go_type)
     try:
-        return _parse_hex_quantity(_go_bytes(value), 64, ERR_BIG256_RANGE)
+        return _parse_hex_quantity(_go_bytes(value), max_digits, range_error)
     except ValueError as exc:
         raise _type_error(str(exc), go_type) from None
+
+
+def decode_big(value: Any, go_type: str = T_BIG) -> int:
+    """hexutil.Big (≤256 bits); `go_type` lets hexutil.U256 reuse it (same rules, `*uint256.Int`)."""
+    return _decode_quantity(value, go_type, 64, ERR_BIG256_RANGE)
 
 
 def decode_u256(value: Any) -> int:
@@ -312,12 +366,7 @@ def decode_u256(value: Any) -> int:
 
 
 def decode_uint64(value: Any) -> int:
-    if not isinstance(value, str):
-        raise _non_string(T_UINT64)
-    try:
-        return _parse_hex_quantity(_go_bytes(value), 16, ERR_UINT64_RANGE)
-    except ValueError as exc:
-        raise _type_error(str(exc), T_UINT64) from None
+    return _decode_quantity(value, T_UINT64, 16, ERR_UINT64_RANGE)
 
 
 def _check_text(text: str) -> str:

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from clave.core.secretfiles import write_private
 from clave.dev.image import image_files
 from clave.enclave.nitro.nsm import (
     NSM_FIELD_MAX,
@@ -188,16 +189,6 @@ def _issue(
     return b.sign(signer, hashes.SHA384())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class _Pki:
     """root, regional and zonal CAs persisted in state_dir (0600); instance CA and leaf per process."""
 
@@ -251,8 +242,8 @@ class _Pki:
         key_pem = ca.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        _write_private(self.state_dir / f"{stem}.key", key_pem)
-        _write_private(self.state_dir / f"{stem}.pem", ca.cert.public_bytes(serialization.Encoding.PEM))
+        write_private(self.state_dir / f"{stem}.key", key_pem, replace=True)
+        write_private(self.state_dir / f"{stem}.pem", ca.cert.public_bytes(serialization.Encoding.PEM), replace=True)
 
 
 def root_pem(state_dir: Path) -> bytes:
@@ -268,7 +259,7 @@ def _instance_id(state_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         value = "i-" + secrets.token_hex(9)[:17]
-        _write_private(path, value.encode())
+        write_private(path, value.encode(), replace=True)
         return value
 
 

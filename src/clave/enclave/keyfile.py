@@ -12,8 +12,8 @@ from typing import Any
 from eth_keyfile import create_keyfile_json, decode_keyfile_json
 
 from clave.core.errors import RequestError
+from clave.core.eth.secp256k1 import address_of
 from clave.enclave.keys import key_from_secret
-from clave.enclave.signing import address_of
 
 ERR_DECRYPT = "could not decrypt key with given password"
 

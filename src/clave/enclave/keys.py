@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from coincurve import PrivateKey
 
 from clave.core.errors import UnknownAccount
-from clave.enclave.signing import SECP256K1_N, address_of
+from clave.core.eth.secp256k1 import SECP256K1_N, address_of
 
 RandomSource = Callable[[int], bytes]
 

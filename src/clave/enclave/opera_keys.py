@@ -16,24 +16,19 @@ open them.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from coincurve import PrivateKey
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eth_keyfile import create_keyfile_json
 
-from clave.core.envelope import open_envelope
 from clave.core.errors import InvalidParams
+from clave.core.eth.secp256k1 import address_of
 from clave.enclave.keys import generate_secret, key_from_secret
-from clave.enclave.nitro import nsm as nsm_api
 from clave.enclave.sealing import RECORD_VERSION, RecordMeta, SealError, seal
-from clave.enclave.signing import address_of
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from clave.enclave.service import EnclaveService
+from clave.enclave.state import EnclaveState
 
 VALIDATOR_ORIGIN = "validator"
 SECP256K1_TYPE = 0xC0  # validatorpk.Types.Secp256k1
@@ -97,37 +92,37 @@ def unseal_validator(master_key: bytes, record: Any) -> bytes:
     return secret
 
 
-def _password(service: EnclaveService, params: dict[str, Any]) -> str:
+def _password(state: EnclaveState, params: dict[str, Any]) -> str:
     envelope = params.get("envelope")
     if not isinstance(envelope, bytes):
         raise InvalidParams("envelope: expected bytes")
     # The password comes sealed to this boot's RSA key, so the sidecar relays it without reading it.
-    password = open_envelope(service._boot_key, envelope).get("password")
+    password = state.open_envelope(envelope).get("password")
     if not isinstance(password, str) or not password:
         raise InvalidParams("envelope must carry a non-empty password")
     return password
 
 
-def validator_new(service: EnclaveService, params: dict[str, Any]) -> dict[str, Any]:
+def validator_new(state: EnclaveState, params: dict[str, Any]) -> dict[str, Any]:
     """Generate a validator key; return its sealed record, its 0xc0… public key and its opera keyfile."""
-    master = service._master()  # fail fast (not ready) before the scrypt work
-    password = _password(service, params)
-    secret = generate_secret(lambda n: nsm_api.get_random(service._nsm, n))
-    record = seal_validator(master, secret, int(service._clock()))
+    master = state.master()  # fail fast (not ready) before the scrypt work
+    password = _password(state, params)
+    secret = generate_secret(state.random)
+    record = seal_validator(master, secret, state.now())
     return {"record": record, "pubkey": opera_pubkey(PrivateKey(secret)), "keyfile": opera_keyfile(secret, password)}
 
 
-def validator_keyfile(service: EnclaveService, params: dict[str, Any]) -> dict[str, Any]:
+def validator_keyfile(state: EnclaveState, params: dict[str, Any]) -> dict[str, Any]:
     """Restore: write the keyfile again from a sealed record (lost keyfile, new host, new password)."""
-    master = service._master()
-    password = _password(service, params)
+    master = state.master()
+    password = _password(state, params)
     secret = unseal_validator(master, params.get("record"))
     return {"pubkey": opera_pubkey(PrivateKey(secret)), "keyfile": opera_keyfile(secret, password)}
 
 
-def validator_handlers(service: EnclaveService) -> dict[str, Callable[[dict[str, Any]], Any]]:
+def validator_handlers(state: EnclaveState) -> dict[str, Callable[[dict[str, Any]], Any]]:
     return {
-        "validator_new": lambda params: validator_new(service, params),
-        "validator_keyfile": lambda params: validator_keyfile(service, params),
+        "validator_new": lambda params: validator_new(state, params),
+        "validator_keyfile": lambda params: validator_keyfile(state, params),
     }
 

@@ -11,7 +11,8 @@ import logging
 from typing import Any
 
 from clave.core.errors import ClaveError
-from clave.enclave.service import EnclaveService, NotReady
+from clave.enclave.service import EnclaveService
+from clave.enclave.state import NotReady
 from clave.link import frames as protocol
 
 log = logging.getLogger("clave.enclave")

@@ -12,12 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from clave import __version__
-from clave.core.envelope import open_envelope
-from clave.core.errors import ClaveError, InvalidParams, RequestError
+from clave.core.errors import InvalidParams, MethodNotFound, RequestError
 from clave.core.eth import clique, messages, transactions, typed_data
 from clave.enclave import kdf_pool
 from clave.enclave.keyfile import decrypt_keyfile, encrypt_keyfile
@@ -27,13 +23,10 @@ from clave.enclave.nitro.cms import open_enveloped_data
 from clave.enclave.opera_keys import validator_handlers
 from clave.enclave.sealing import RecordMeta, seal, unseal
 from clave.enclave.signing import Signature, sign_preimage
+from clave.enclave.state import EnclaveState
 
 MAX_GENERATE = 10_000  # per call: a reply of sealed records must stay well under the 4 MiB frame limit
 Handler = Callable[[dict[str, Any]], Any]
-
-
-class NotReady(ClaveError):
-    """The master key is not loaded yet, so nothing can be sealed or unsealed."""
 
 
 def _bytes(params: dict[str, Any], name: str, length: int | None = None) -> bytes:
@@ -53,15 +46,8 @@ def _str(params: dict[str, Any], name: str) -> str:
 
 class EnclaveService:
     def __init__(self, nsm: Any, *, clock: Callable[[], float] = time.time) -> None:
-        self._nsm = nsm
-        self._clock = clock
+        self.state = EnclaveState(nsm, clock)
         self._keys = KeyTable()
-        self._master_key: bytes | None = None
-        # A fresh RSA key per boot: KMS encrypts the data key to it, the CLI encrypts keyfiles to it.
-        self._boot_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._boot_public = self._boot_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
         self.handlers: dict[str, Handler] = {
             "hello": self.hello,
             "attest": self.attest,
@@ -77,45 +63,40 @@ class EnclaveService:
             "sign_typed": self.sign_typed,
             "sign_clique": self.sign_clique,
         }
-        self.handlers.update(validator_handlers(self))  # go-opera/sonic validator keys
+        self.handlers.update(validator_handlers(self.state))  # go-opera/sonic validator keys
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def hello(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "version": __version__,
-            "ready": self._master_key is not None,
+            "ready": self.state.ready,
             "keys": len(self._keys),
-            "public_key": self._boot_public,
+            "public_key": self.state.boot_public,
         }
 
     def attest(self, params: dict[str, Any]) -> dict[str, Any]:
         nonce = params.get("nonce")
         if nonce is not None and (not isinstance(nonce, bytes) or len(nonce) > 512):
             raise InvalidParams("nonce: expected at most 512 bytes")
-        document = nsm_api.attestation(self._nsm, nonce=nonce, public_key=self._boot_public)
+        document = nsm_api.attestation(self.state.nsm, nonce=nonce, public_key=self.state.boot_public)
         return {"document": document}
 
     def load_master_key(self, params: dict[str, Any]) -> dict[str, Any]:
         envelope = _bytes(params, "ciphertext_for_recipient")
         # expected_size keeps the parent from using us as a padding oracle on edited envelopes.
-        data_key = open_enveloped_data(envelope, self._boot_key, expected_size=32)
-        if self._master_key is not None and self._master_key != data_key:
+        data_key = open_enveloped_data(envelope, self.state.boot_key, expected_size=32)
+        if self.state.master_key is not None and self.state.master_key != data_key:
             raise RequestError("a different master key is already loaded")
-        if self._master_key is None:
+        if self.state.master_key is None:
             kdf_pool.warm()  # keyfile imports come once keys can be sealed
-        self._master_key = data_key
+        self.state.master_key = data_key
         return {"ready": True}
-
-    def _master(self) -> bytes:
-        if self._master_key is None:
-            raise NotReady("master key not loaded")
-        return self._master_key
 
     # -- records ---------------------------------------------------------------------------------
 
     def unseal(self, params: dict[str, Any]) -> dict[str, Any]:
-        master = self._master()
+        master = self.state.master()
         records = params.get("records")
         if not isinstance(records, list):
             raise InvalidParams("records: expected a list")
@@ -137,9 +118,9 @@ class EnclaveService:
         return {"loaded": loaded, "failed": failed}
 
     def _seal_new(self, secret: bytes, origin: str, exportable: bool) -> tuple[LoadedKey, dict[str, Any]]:
-        master = self._master()
+        master = self.state.master()
         key = self._keys.add(secret, origin, exportable)
-        meta = RecordMeta(key.address, origin, exportable, int(self._clock()))
+        meta = RecordMeta(key.address, origin, exportable, self.state.now())
         return key, seal(master, meta, secret)
 
     def generate(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +128,8 @@ class EnclaveService:
         if not isinstance(count, int) or not 0 < count <= MAX_GENERATE:
             raise InvalidParams(f"count: expected 1..{MAX_GENERATE}")
         exportable = bool(params.get("exportable", False))
-        self._master()
-        secrets = generate_secrets(lambda n: nsm_api.get_random(self._nsm, n), count)
+        self.state.master()
+        secrets = generate_secrets(self.state.random, count)
         records = [self._seal_new(secret, "generated", exportable)[1] for secret in secrets]
         if count >= 1000:  # bulk generation: freeze the new keys as after unsealing
             gc.collect()
@@ -156,18 +137,18 @@ class EnclaveService:
         return {"records": records}
 
     def import_keyfile(self, params: dict[str, Any]) -> dict[str, Any]:
-        payload = open_envelope(self._boot_key, _bytes(params, "envelope"))
+        payload = self.state.open_envelope(_bytes(params, "envelope"))
         keyfile, password = payload.get("keyfile"), payload.get("password")
         if not isinstance(keyfile, str) or not isinstance(password, str):
             raise InvalidParams("envelope must carry keyfile and password strings")
-        self._master()
+        self.state.master()
         secret = kdf_pool.run(decrypt_keyfile, keyfile, password)
         _, record = self._seal_new(secret, "imported", bool(params.get("exportable", False)))
         return {"record": record}
 
     def export_keyfile(self, params: dict[str, Any]) -> dict[str, Any]:
         key = self._keys.get(_bytes(params, "address", 20))
-        payload = open_envelope(self._boot_key, _bytes(params, "envelope"))
+        payload = self.state.open_envelope(_bytes(params, "envelope"))
         password = payload.get("password")
         if not isinstance(password, str) or not password:
             raise InvalidParams("envelope must carry a non-empty password")
@@ -222,7 +203,7 @@ class EnclaveService:
     def call(self, method: str, params: Any) -> Any:
         handler = self.handlers.get(method)
         if handler is None:
-            raise RequestError(f"the method {method} does not exist/is not available", code=-32601)
+            raise MethodNotFound(method)
         if params is None:
             params = {}
         if not isinstance(params, dict):

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from coincurve import PrivateKey, PublicKey
+from coincurve import PrivateKey
 
 from clave.core.eth.hashing import keccak256 as keccak
-
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 class Signature(NamedTuple):
@@ -24,10 +22,6 @@ class Signature(NamedTuple):
     def to_bytes(self, v_offset: int = 0) -> bytes:
         """65 bytes r‖s‖v with v = y_parity + v_offset (27 for EIP-191 results, 0 for raw)."""
         return self.r.to_bytes(32, "big") + self.s.to_bytes(32, "big") + bytes([self.y_parity + v_offset])
-
-
-def address_of(public_key: PublicKey) -> bytes:
-    return keccak(public_key.format(compressed=False)[1:])[-20:]
 
 
 def sign_preimage(key: PrivateKey, preimage: bytes) -> tuple[Signature, bytes]:
@@ -41,8 +35,3 @@ def unsafe_sign_digest(key: PrivateKey, digest: bytes) -> Signature:
     sig = key.sign_recoverable(digest, hasher=None)
     return Signature(sig[64], int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big"))
 
-
-def recover_address(digest: bytes, signature: bytes) -> bytes:
-    """Recover the signer of a 65-byte r‖s‖recid signature (recid 0/1)."""
-    public = PublicKey.from_signature_and_message(signature, digest, hasher=None)
-    return address_of(public)

@@ -13,6 +13,8 @@ from typing import Any
 
 import cbor2
 
+from clave.core.errors import InfraError
+
 MAX_FRAME = 4 * 1024 * 1024
 _LEN = struct.Struct(">I")
 
@@ -24,8 +26,10 @@ E_INTERNAL = 3
 E_NOT_READY = 4
 
 
-class FrameError(Exception):
+class FrameError(InfraError):
     """The byte stream is not a valid frame sequence; the connection must be dropped."""
+
+    remedy = "run the sidecar and the enclave image from the same clave release; a new connection is made"
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:

@@ -7,9 +7,13 @@ import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
+from clave.core.errors import InfraError
 
-class DatadirBusy(SystemExit):
-    pass
+
+class DatadirBusy(InfraError):
+    """Another clave holds the data directory's lock."""
+
+    remedy = "stop the other clave first, or give this one another --datadir"
 
 
 @contextlib.contextmanager
@@ -21,7 +25,7 @@ def datadir_lock(datadir: Path) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise DatadirBusy(f"clave: another clave is already running on {datadir} (lock {lock_path} is held)") from None
+        raise DatadirBusy(f"another clave is already running on {datadir} (lock {lock_path} is held)") from None
     try:
         yield
     finally:

@@ -1,34 +1,13 @@
-"""Writing files that hold key material (exported keyfiles, validator keyfiles) on the operator's side."""
+"""Key files the operator's commands write (exported and validator keyfiles): new files only, never an
+overwrite, as geth's and go-opera's keystores refuse one. The writing itself is `core.secretfiles`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from clave.core.secretfiles import write_private
 
 
 def write_new_private(target: Path, text: str) -> Path:
-    """Write `text` to `target` atomically, mode 0600, never replacing an existing file.
-
-    As geth's and go-opera's keystores do it: a hidden temp file in the same directory, fsync, rename,
-    fsync of the directory, so a crash leaves either no file or the whole file.
-    """
-    if target.exists():
-        raise SystemExit(f"clave: {target}: already exists; refusing to overwrite")
-    directory = target.parent
-    tmp = directory / f".{target.name[:16]}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
+    """Write a new key file atomically with mode 0600; an existing `target` raises AlreadyExists."""
+    return write_private(target, text, replace=False)

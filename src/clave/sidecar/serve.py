@@ -12,6 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+from clave.core.errors import ConfigError
 from clave.link import aio
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.signing.signer import AttestationConfig
@@ -41,11 +42,16 @@ def sd_notify(message: str) -> None:
 
 def attestation_config(config: SidecarConfig) -> AttestationConfig:
     if config.attestation_root is None:
-        raise SystemExit("clave: --attestation-root PEM is required (the AWS Nitro Enclaves Root-G1 certificate)")
+        raise ConfigError(
+            "--attestation-root PEM is required (the AWS Nitro Enclaves Root-G1 certificate)",
+            remedy="pass the Root-G1 PEM AWS publishes, pinned with --attestation-root-fingerprint",
+        )
     try:
         data = config.attestation_root.read_bytes()
     except OSError as exc:
-        raise SystemExit(f"clave: {config.attestation_root}: {exc.strerror}") from None
+        raise ConfigError(
+            f"{config.attestation_root}: {exc.strerror}", remedy="check --attestation-root and the file's permissions"
+        ) from None
     root = load_root(data, fingerprint=config.attestation_root_fingerprint)
     return AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=config.allow_debug_enclave))
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from clave.core.errors import ConfigError
 from clave.link.sockets import parse_address
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.observe.logs import account_of
@@ -211,8 +212,15 @@ def build_sidecar(
 
     token = None
     if config.auth_token_file is not None:
-        token = config.auth_token_file.read_text().strip()
+        try:
+            token = config.auth_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{config.auth_token_file}: {exc.strerror}", remedy="check --http.auth-token-file and its permissions"
+            ) from None
         if not token:
-            raise SystemExit(f"{config.auth_token_file}: auth token file is empty")
+            raise ConfigError(
+                f"{config.auth_token_file}: auth token file is empty", remedy="write the bearer token into it"
+            )
     app = make_http_app(dispatcher, HttpConfig(config.vhosts, config.cors_domains, token), health, render_metrics)
     return sidecar, app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clave.core.errors import RequestError
+from clave.core.eth.hashing import keccak256
 
 _PERSONAL_PREFIX = b"\x19Ethereum Signed Message:\n"
 
@@ -12,6 +13,11 @@ def personal_message(data: bytes) -> bytes:
     if type(data) is not bytes:
         raise RequestError("message must be bytes")
     return _PERSONAL_PREFIX + str(len(data)).encode() + data
+
+
+def text_hash(data: bytes) -> bytes:
+    """accounts.TextHash: the digest a personal message is signed (and ecRecover'd) under."""
+    return keccak256(personal_message(data))
 
 
 def validator_message(validator: bytes, data: bytes) -> bytes:

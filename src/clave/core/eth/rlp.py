@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeAlias
 
+from clave.core.errors import RequestError
+
 Item: TypeAlias = "bytes | list[Item]"
 
 _SINGLE = tuple(bytes((i,)) for i in range(256))
@@ -22,8 +24,8 @@ EMPTY_STRING = b"\x80"
 EMPTY_LIST = b"\xc0"
 
 
-class RLPError(ValueError):
-    """Malformed RLP. Messages follow go-ethereum's `rlp` package."""
+class RLPError(RequestError, ValueError):
+    """Malformed RLP. Messages follow go-ethereum's `rlp` package. A ValueError too, as callers have caught it."""
 
 
 def _length_bytes(n: int) -> bytes:

@@ -16,10 +16,10 @@ from typing import Any
 from clave.core.errors import RequestError
 from clave.core.eth.hashing import keccak256
 from clave.core.eth.rlp import EMPTY_STRING, encode_bytes, encode_uint, wrap_list
+from clave.core.eth.secp256k1 import SECP256K1_N
 
 LEGACY, ACCESS_LIST, DYNAMIC_FEE, BLOB, SET_CODE = 0, 1, 2, 3, 4
 
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_N = SECP256K1_N // 2
 _UINT64 = 1 << 64
 _UINT256 = 1 << 256

@@ -5,25 +5,39 @@ geth, acting as the `--signer` client, ignores `raw` and rebuilds the transactio
 pointers as null, `omitempty` fields dropped, minimal hex quantities, lower-case addresses.
 
 `parse_geth_tx_json` is geth's `Transaction.UnmarshalJSON`: per-type required fields and geth's error
-texts, hexutil decoding rules, case-insensitive keys. The tests use it to play geth's side.
+texts, on `core.gojson`'s decoders (hexutil rules, case-insensitive keys, Go's error context). The tests
+use it to play geth's side. `decode_access_list` and `decode_authorization_list` are the field decoders
+of core/types' gencodec structs, for every Go struct that embeds them (txJSON, TransactionArgs, SendTxArgs).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from clave.core.errors import RequestError
+from clave.core.eth.secp256k1 import SECP256K1_N
 from clave.core.eth.transactions import (
     ACCESS_LIST,
     BLOB,
     DYNAMIC_FEE,
     LEGACY,
-    SECP256K1_N,
     SET_CODE,
     check_tx,
     legacy_v,
+)
+from clave.core.gojson import (
+    GoJSONError,
+    decode_address,
+    decode_big,
+    decode_bytes,
+    decode_hash,
+    decode_struct,
+    decode_u256,
+    decode_uint64,
+    nested,
+    pointer,
+    slice_of,
 )
 
 
@@ -92,215 +106,80 @@ def geth_tx_json(
     return out
 
 
-# --- decoding: common/hexutil and encoding/json behaviour -------------------------------------------
+# --- decoding: the JSON of core/types (gencodec unmarshalers), on Go's JSON rules from core.gojson ---------
 
-_HEX_DIGITS = re.compile(r"[0-9a-fA-F]*")
-# The Go type named in encoding/json's "cannot unmarshal" errors, per decoding kind.
-_GO_TYPES = {
-    "uint64": "hexutil.Uint64",
-    "big": "*hexutil.Big",
-    "u256": "*uint256.Int",
-    "bytes": "hexutil.Bytes",
-    "address": "common.Address",
-    "hash": "common.Hash",
+_ACCESS_TUPLE_FIELDS = {"address": pointer(decode_address), "storageKeys": slice_of(decode_hash, "[]common.Hash")}
+
+
+def decode_access_tuple(value: Any) -> tuple[bytes, list[bytes]]:
+    """types.AccessTuple (gencodec UnmarshalJSON): both fields required; a null tuple lacks them."""
+    got = decode_struct(value, _ACCESS_TUPLE_FIELDS, "AccessTuple", "types.AccessTuple")
+    if got.get("address") is None:
+        raise GoJSONError("missing required field 'address' for AccessTuple")
+    if got.get("storageKeys") is None:
+        raise GoJSONError("missing required field 'storageKeys' for AccessTuple")
+    return got["address"], got["storageKeys"]
+
+
+# A `*types.AccessList` field (txJSON, TransactionArgs, SendTxArgs): null is nil.
+decode_access_list = pointer(slice_of(nested(decode_access_tuple), "types.AccessList"))
+
+_AUTHORIZATION_FIELDS = {
+    "chainId": pointer(decode_u256),
+    "address": pointer(decode_address),
+    "nonce": pointer(decode_uint64),
+    "yParity": pointer(decode_uint64),
+    "r": pointer(decode_u256),
+    "s": pointer(decode_u256),
 }
 
 
-class _DecodeError(Exception):
-    """A hexutil decError: wrapped by encoding/json into 'cannot unmarshal ... into Go struct field'."""
+def decode_authorization(value: Any) -> dict[str, Any]:
+    """types.SetCodeAuthorization (gencodec UnmarshalJSON): every field required."""
+    got = decode_struct(value, _AUTHORIZATION_FIELDS, "SetCodeAuthorization", "types.SetCodeAuthorization")
+    for name in _AUTHORIZATION_FIELDS:
+        if got.get(name) is None:
+            raise GoJSONError(f"missing required field '{name}' for SetCodeAuthorization")
+    out = {name: got[name] for name in _AUTHORIZATION_FIELDS}
+    out["yParity"] &= 0xFF  # Go stores it as uint8(*dec.V)
+    return out
 
 
-def _type_error(msg: str, struct: str, field: str, gotype: str) -> RequestError:
-    return RequestError(
-        f"json: cannot unmarshal {msg} into Go struct field {struct}.{field} of type {gotype}"
-    )
+# A `[]types.SetCodeAuthorization` field: null is nil.
+decode_authorization_list = slice_of(nested(decode_authorization), "[]types.SetCodeAuthorization")
 
-
-def _json_kind(value: object) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "string" if isinstance(value, str) else "null"
-
-
-def _number_text(text: str) -> str:
-    """hexutil.checkNumberText: the digits after 0x, or '' for the (allowed) empty string."""
-    if text == "":
-        return ""
-    if not text.startswith(("0x", "0X")):
-        raise _DecodeError("hex string without 0x prefix")
-    raw = text[2:]
-    if raw == "":
-        raise _DecodeError('hex string "0x"')
-    if len(raw) > 1 and raw[0] == "0":
-        raise _DecodeError("hex number with leading zero digits")
-    return raw
-
-
-def _quantity(text: str, max_bits: int) -> int:
-    raw = _number_text(text)
-    if len(raw) > max_bits // 4:
-        raise _DecodeError(f"hex number > {max_bits} bits")
-    if not _HEX_DIGITS.fullmatch(raw):
-        raise _DecodeError("invalid hex string")
-    return int(raw, 16) if raw else 0
-
-
-def _data(text: str) -> bytes:
-    if text == "":
-        return b""  # hexutil.Bytes accepts the empty string
-    if not text.startswith(("0x", "0X")):
-        raise _DecodeError("hex string without 0x prefix")
-    raw = text[2:]
-    if len(raw) % 2:
-        raise _DecodeError("hex string of odd length")
-    if not _HEX_DIGITS.fullmatch(raw):
-        raise _DecodeError("invalid hex string")
-    return bytes.fromhex(raw)
-
-
-def _fixed(text: str, size: int, gotype: str) -> bytes:
-    """hexutil.UnmarshalFixedText: prefix and parity, then the length (a plain error), then digits."""
-    raw = text
-    if text:
-        if not text.startswith(("0x", "0X")):
-            raise _DecodeError("hex string without 0x prefix")
-        raw = text[2:]
-        if len(raw) % 2:
-            raise _DecodeError("hex string of odd length")
-    if len(raw) != 2 * size:
-        raise RequestError(f"hex string has length {len(raw)}, want {2 * size} for {gotype}")
-    return _data(text)
-
-
-def _decode_value(value: object, kind: str, struct: str, field: str) -> Any:
-    """Decode one JSON value the way the hexutil/common type named by `kind` does."""
-    gotype = _GO_TYPES[kind]
-    if not isinstance(value, str):
-        raise _type_error("non-string", struct, field, gotype)
-    try:
-        if kind == "uint64":
-            return _quantity(value, 64)
-        if kind == "big":
-            return _quantity(value, 256)
-        if kind == "u256":
-            if not value:
-                raise _DecodeError("hex string without 0x prefix")  # unlike Big, U256 needs the prefix
-            return _quantity(value, 256)
-        if kind == "bytes":
-            return _data(value)
-        return _fixed(value, 20 if kind == "address" else 32, gotype)
-    except _DecodeError as e:
-        raise _type_error(str(e), struct, field, gotype) from None
-
-
-# txJSON fields geth reads, with their decoding kind. Pointer fields treat null as absent.
+# geth's txJSON. Every field but `type` and `hash` is a pointer or slice, which null leaves nil (absent);
+# those two are values, so null reaches their UnmarshalJSON and fails as a non-string.
 _TX_FIELDS = {
-    "type": "uint64",
-    "chainId": "big",
-    "nonce": "uint64",
-    "to": "address",
-    "gas": "uint64",
-    "gasPrice": "big",
-    "maxPriorityFeePerGas": "big",
-    "maxFeePerGas": "big",
-    "maxFeePerBlobGas": "big",
-    "value": "big",
-    "input": "bytes",
-    "accessList": "accessList",
-    "blobVersionedHashes": "hashes",
-    "authorizationList": "authList",
-    "v": "big",
-    "r": "big",
-    "s": "big",
-    "yParity": "uint64",
+    "type": decode_uint64,
+    "chainId": pointer(decode_big),
+    "nonce": pointer(decode_uint64),
+    "to": pointer(decode_address),
+    "gas": pointer(decode_uint64),
+    "gasPrice": pointer(decode_big),
+    "maxPriorityFeePerGas": pointer(decode_big),
+    "maxFeePerGas": pointer(decode_big),
+    "maxFeePerBlobGas": pointer(decode_big),
+    "value": pointer(decode_big),
+    "input": pointer(decode_bytes),
+    "accessList": decode_access_list,
+    "blobVersionedHashes": slice_of(decode_hash, "[]common.Hash"),
+    "authorizationList": decode_authorization_list,
+    "v": pointer(decode_big),
+    "r": pointer(decode_big),
+    "s": pointer(decode_big),
+    "yParity": pointer(decode_uint64),
+    "hash": decode_hash,
 }
 
 
-def _fold_keys(obj: Mapping[str, Any], names: Mapping[str, Any]) -> dict[str, Any]:
-    """encoding/json matches object keys to field names case-insensitively; the last match wins."""
-    by_lower = {n.lower(): n for n in names}
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = key if key in names else by_lower.get(key.lower())
-        if name is not None:
-            out[name] = value
-    return out
-
-
-def _decode_struct(obj: object, fields: Mapping[str, str], struct: str, gotype: str) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise RequestError(f"json: cannot unmarshal {_json_kind(obj)} into Go value of type {gotype}")
-    out: dict[str, Any] = {}
-    for name, value in _fold_keys(obj, fields).items():
-        kind = fields[name]
-        if value is None and not (struct == "txJSON" and name == "type"):
-            # A nil pointer or slice is the same as absent. `type` is no pointer: geth hands the null
-            # to hexutil.Uint64.UnmarshalJSON, which rejects it as a non-string.
-            out.pop(name, None)
-            continue
-        if kind == "accessList":
-            out[name] = _decode_access_list(value)
-        elif kind == "hashes":
-            out[name] = _decode_list(value, "hash", struct, name, "[]common.Hash")
-        elif kind == "authList":
-            out[name] = _decode_auth_list(value)
-        else:
-            out[name] = _decode_value(value, kind, struct, name)
-    return out
-
-
-def _decode_list(value: object, kind: str, struct: str, field: str, gotype: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _type_error(_json_kind(value), struct, field, gotype)
-    return [_decode_value(v, kind, struct, field) for v in value]
-
-
-def _decode_access_list(value: object) -> list[tuple[bytes, list[bytes]]]:
-    if not isinstance(value, list):
-        raise _type_error(_json_kind(value), "txJSON", "accessList", "types.AccessList")
-    out = []
-    for item in value:  # null items reach AccessTuple.UnmarshalJSON and fail its required-field check
-        dec = _decode_struct(
-            item, {"address": "address", "storageKeys": "hashes"}, "AccessTuple", "types.AccessTuple"
-        )
-        if "address" not in dec:
-            raise RequestError("missing required field 'address' for AccessTuple")
-        if "storageKeys" not in dec:
-            raise RequestError("missing required field 'storageKeys' for AccessTuple")
-        out.append((dec["address"], dec["storageKeys"]))
-    return out
-
-
-_AUTH_JSON = {
-    "chainId": "u256",
-    "address": "address",
-    "nonce": "uint64",
-    "yParity": "uint64",
-    "r": "u256",
-    "s": "u256",
-}
-
-
-def _decode_auth_list(value: object) -> list[dict[str, Any]]:
-    if not isinstance(value, list):
-        raise _type_error(_json_kind(value), "txJSON", "authorizationList", "[]types.SetCodeAuthorization")
-    out = []
-    for item in value:
-        dec = _decode_struct(item, _AUTH_JSON, "SetCodeAuthorization", "types.SetCodeAuthorization")
-        for name in _AUTH_JSON:
-            if name not in dec:
-                raise RequestError(f"missing required field '{name}' for SetCodeAuthorization")
-        dec["yParity"] &= 0xFF  # geth stores V as uint8(*dec.V)
-        out.append({name: dec[name] for name in _AUTH_JSON})
-    return out
+def _decode_tx_json(obj: object) -> dict[str, Any]:
+    """json.Unmarshal into txJSON: the fields that are set (null pointers dropped), or RequestError."""
+    try:
+        dec = decode_struct(obj, _TX_FIELDS, "txJSON", "types.txJSON")
+    except GoJSONError as exc:
+        raise RequestError(exc.message) from None
+    return {name: value for name, value in dec.items() if value is not None}
 
 
 # --- decoding: Transaction.UnmarshalJSON --------------------------------------------------------------
@@ -366,7 +245,7 @@ def parse_geth_tx_json(obj: object) -> tuple[dict[str, Any], int, int, int]:
 
     Legacy transactions must be EIP-155 protected (clave's normalized form always carries chainId).
     """
-    dec = _decode_struct(obj, _TX_FIELDS, "txJSON", "types.txJSON")
+    dec = _decode_tx_json(obj)
     t = dec.get("type", 0)
     if t not in (LEGACY, ACCESS_LIST, DYNAMIC_FEE, BLOB, SET_CODE):
         raise RequestError("transaction type not supported")

@@ -17,7 +17,6 @@ Input is the object `json.loads` produced. Error texts are geth's, including Go'
 from __future__ import annotations
 
 import decimal
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -26,11 +25,24 @@ from typing import Any
 
 from clave.core.errors import RequestError
 from clave.core.eth.hashing import keccak256
+from clave.core.gojson import (
+    GoJSONError,
+    decode_hex_or_decimal256,
+    decode_string,
+    decode_struct,
+    go_quote,
+    go_type_name,
+    hexutil_decode,
+    json_kind,
+    map_of,
+    parse_big256,
+    pointer,
+    slice_of,
+)
 
 _REFERENCE_TYPE = re.compile(r"[A-Za-z]\w*(\[\d*\])*", re.ASCII)  # Go RE2: \w and \d are ASCII
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _DEC_INT = re.compile(r"[+-]?[0-9]+")
-_HEX_INT = re.compile(r"[+-]?[0-9a-fA-F]+")
 _PRIMITIVES = frozenset(
     ["address", "bool", "string", "bytes", "int", "uint"]
     + [f"bytes{n}" for n in range(1, 33)]
@@ -101,53 +113,8 @@ def _go_fmt(v: object) -> str:
 
 
 def _go_typename(v: object) -> str:
-    if v is None:
-        return "<nil>"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, _Big):
-        return "*math.HexOrDecimal256"
-    if isinstance(v, (int, float)):
-        return "float64"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "[]interface {}"
-    return "map[string]interface {}"
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-
-
-def _go_quote(s: str) -> str:
-    """strconv.Quote (%q)."""
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif o < 0x10000:
-            out.append(f"\\u{o:04x}")
-        else:
-            out.append(f"\\U{o:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-def _json_kind(v: object) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    return "array" if isinstance(v, list) else "object"
+    """fmt's %T of a message value: what encoding/json put in the interface{}, or the domain's chainId."""
+    return "*math.HexOrDecimal256" if isinstance(v, _Big) else go_type_name(v)
 
 
 def _utf8(s: str) -> bytes:
@@ -165,61 +132,13 @@ def _mismatch(enc_type: str, value: object) -> RequestError:
 # --- decoding the request: encoding/json into apitypes.TypedData --------------------------------------
 
 
-def _fold(obj: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    """encoding/json matches keys to struct fields case-insensitively; unknown keys are dropped."""
-    by_lower = {n.lower(): n for n in names}
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = key if key in names else by_lower.get(key.lower())
-        if name is not None:
-            out[name] = value
-    return out
-
-
-def _go_string(value: object, struct: str, field: str) -> str:
-    if value is None:
-        return ""  # null leaves a Go string empty
-    if not isinstance(value, str):
-        raise TypedDataDecodeError(
-            f"json: cannot unmarshal {_json_kind(value)} into Go struct field {struct}.{field} of type string"
-        )
-    return value
-
-
-def _parse_big256(text: str) -> int | None:
-    """math.ParseBig256: '' is 0, 0x/0X is hex, else decimal; a sign is allowed; at most 256 bits."""
-    if text == "":
-        return 0
-    if text[:2] in ("0x", "0X"):
-        digits, base, pattern = text[2:], 16, _HEX_INT
-    else:
-        digits, base, pattern = text, 10, _DEC_INT
-    if not pattern.fullmatch(digits):
-        return None
-    value = int(digits, base)
-    return None if abs(value).bit_length() > 256 else value
-
-
 def _hex_or_decimal(value: object) -> _Big:
-    """math.HexOrDecimal256.UnmarshalJSON: the raw JSON text, without quotes, through ParseBig256."""
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, float):
-        text = repr(value)
-    else:
-        text = json.dumps(value, separators=(",", ":"))
-    parsed = _parse_big256(text)
-    if parsed is None:
-        raise TypedDataDecodeError(f"invalid hex or decimal integer {_go_quote(text)}")
-    return _Big(parsed)
+    """The domain's chainId, a *math.HexOrDecimal256, kept as `_Big` so that %v and %T print it as Go does."""
+    return _Big(decode_hex_or_decimal256(value))
 
 
 def _check_json_numbers(value: object) -> None:
-    """encoding/json cannot put a number outside float64's range into an interface{}."""
+    """encoding/json cannot put a number outside float64's range into an interface{} (a soft error)."""
     if isinstance(value, list):
         for item in value:
             _check_json_numbers(item)
@@ -232,86 +151,68 @@ def _check_json_numbers(value: object) -> None:
         except OverflowError:
             finite = False
         if not finite:
-            raise TypedDataDecodeError("json: cannot unmarshal number into Go value of type float64")
+            raise GoJSONError("json: cannot unmarshal number into Go value of type float64", hard=False)
 
 
-def _parse_types(value: object) -> dict[str, list[_Field] | None]:
+def _message(value: object) -> dict[str, Any] | None:
+    """apitypes.TypedDataMessage, a map[string]interface{}."""
     if value is None:
-        return {}
+        return None
     if not isinstance(value, dict):
-        raise TypedDataDecodeError(
-            f"json: cannot unmarshal {_json_kind(value)} into Go struct field TypedData.types "
-            "of type apitypes.Types"
-        )
-    types: dict[str, list[_Field] | None] = {}
-    for key, entries in value.items():
-        if entries is None:
-            types[key] = None  # the key exists, but geth's `Types[key] != nil` is false
-            continue
-        if not isinstance(entries, list):
-            raise TypedDataDecodeError(
-                f"json: cannot unmarshal {_json_kind(entries)} into Go struct field TypedData.types "
-                "of type []apitypes.Type"
-            )
-        fields = []
-        for entry in entries:
-            if entry is None:
-                entry = {}
-            if not isinstance(entry, dict):
-                raise TypedDataDecodeError(
-                    f"json: cannot unmarshal {_json_kind(entry)} into Go struct field TypedData.types "
-                    "of type apitypes.Type"
-                )
-            e = _fold(entry, ("name", "type"))
-            fields.append(
-                _Field(
-                    _go_string(e.get("name"), "Type.types", "name"),
-                    _go_string(e.get("type"), "Type.types", "type"),
-                )
-            )
-        types[key] = fields
-    return types
+        raise GoJSONError(value=json_kind(value), go_type="map[string]interface {}", hard=False)
+    _check_json_numbers(value)
+    return value
 
 
-_DOMAIN_KEYS = ("name", "version", "chainId", "verifyingContract", "salt")
+_TYPE_FIELDS = {"name": decode_string, "type": decode_string}
+
+
+def _type_entry(value: object) -> _Field:
+    """apitypes.Type; a null entry is an empty Type, as Go leaves a struct untouched by null."""
+    fields = decode_struct(value, _TYPE_FIELDS, "Type", "apitypes.Type")
+    return _Field(fields.get("name") or "", fields.get("type") or "")
+
+
+_DOMAIN_FIELDS = {
+    "name": decode_string,
+    "version": decode_string,
+    "chainId": pointer(_hex_or_decimal),
+    "verifyingContract": decode_string,
+    "salt": decode_string,
+}
+
+
+def _domain(value: object) -> dict[str, Any]:
+    return decode_struct(value, _DOMAIN_FIELDS, "TypedDataDomain", "apitypes.TypedDataDomain")
+
+
+_TYPED_DATA_FIELDS = {
+    "types": map_of(slice_of(_type_entry, "[]apitypes.Type"), "apitypes.Types"),
+    "primaryType": decode_string,
+    "domain": _domain,
+    "message": _message,
+}
 
 
 class _TypedData:
     def __init__(self, typed: object) -> None:
-        if not isinstance(typed, dict):
-            raise TypedDataDecodeError(
-                f"json: cannot unmarshal {_json_kind(typed)} into Go value of type apitypes.TypedData"
-            )
-        top = _fold(typed, ("types", "primaryType", "domain", "message"))
-        self.types = _parse_types(top.get("types"))
-        self.primary_type = _go_string(top.get("primaryType"), "TypedData", "primaryType")
-        domain = top.get("domain")
-        if domain is None:
-            domain = {}
-        if not isinstance(domain, dict):
-            raise TypedDataDecodeError(
-                f"json: cannot unmarshal {_json_kind(domain)} into Go struct field TypedData.domain "
-                "of type apitypes.TypedDataDomain"
-            )
-        d = _fold(domain, _DOMAIN_KEYS)
+        # encoding/json into apitypes.TypedData: keys matched case-insensitively, document order, type
+        # mismatches reported after the rest was decoded; null anywhere leaves the zero value.
+        try:
+            top = decode_struct(typed, _TYPED_DATA_FIELDS, "TypedData", "apitypes.TypedData")
+        except GoJSONError as exc:
+            raise TypedDataDecodeError(exc.message) from None
+        # A key whose list is null exists, but geth's `Types[key] != nil` is false: kept as None.
+        self.types: dict[str, list[_Field] | None] = top.get("types") or {}
+        self.primary_type: str = top.get("primaryType") or ""
+        domain = top.get("domain") or {}
         self.domain: dict[str, Any] = {}
-        chain_id = d.get("chainId")
-        if chain_id is not None:
-            self.domain["chainId"] = _hex_or_decimal(chain_id)
+        if domain.get("chainId") is not None:
+            self.domain["chainId"] = domain["chainId"]
         for key in ("name", "version", "verifyingContract", "salt"):
-            text = _go_string(d.get(key), "TypedDataDomain.domain", key)
-            if text:  # TypedDataDomain.Map() leaves out empty strings
-                self.domain[key] = text
-        message = top.get("message")
-        if message is None:
-            message = {}
-        if not isinstance(message, dict):
-            raise TypedDataDecodeError(
-                f"json: cannot unmarshal {_json_kind(message)} into Go struct field TypedData.message "
-                "of type map[string]interface {}"
-            )
-        _check_json_numbers(message)
-        self.message: dict[str, Any] = message
+            if domain.get(key):  # TypedDataDomain.Map() leaves out empty strings
+                self.domain[key] = domain[key]
+        self.message: dict[str, Any] = top.get("message") or {}
 
     # -- validation (Types.validate, TypedDataDomain.validate) --
 
@@ -321,18 +222,18 @@ class _TypedData:
                 raise RequestError("empty type key")
             for i, field in enumerate(fields or ()):
                 if field.type == "":
-                    raise RequestError(f"type {_go_quote(key)}:{i}: empty Type")
+                    raise RequestError(f"type {go_quote(key)}:{i}: empty Type")
                 if field.name == "":
-                    raise RequestError(f"type {_go_quote(key)}:{i}: empty Name")
+                    raise RequestError(f"type {go_quote(key)}:{i}: empty Name")
                 if key == field.type:
-                    raise RequestError(f"type {_go_quote(field.type)} cannot reference itself")
+                    raise RequestError(f"type {go_quote(field.type)} cannot reference itself")
                 base = field.type.split("[")[0]
                 if base in _PRIMITIVES:
                     continue
                 if base not in self.types:
-                    raise RequestError(f"reference type {_go_quote(field.type)} is undefined")
+                    raise RequestError(f"reference type {go_quote(field.type)} is undefined")
                 if not _REFERENCE_TYPE.fullmatch(field.type):
-                    raise RequestError(f"unknown reference type {_go_quote(field.type)}")
+                    raise RequestError(f"unknown reference type {go_quote(field.type)}")
         if not self.domain:
             raise RequestError("domain is undefined")
 
@@ -411,13 +312,13 @@ def _go_atoi(text: str) -> int | None:
 
 
 def _parse_bytes(value: object) -> bytes | None:
-    """hexutil.Decode of a string: 0x/0X prefix, even length, hex digits; '' is an error."""
-    if not isinstance(value, str) or value[:2] not in ("0x", "0X"):
+    """geth's parseBytes of a string: hexutil.Decode, any error meaning "no bytes"."""
+    if not isinstance(value, str):
         return None
-    digits = value[2:]
-    if len(digits) % 2 or not _HEX.fullmatch(digits):
+    try:
+        return hexutil_decode(value)
+    except ValueError:
         return None
-    return bytes.fromhex(digits)
 
 
 def _parse_integer(enc_type: str, value: object) -> int:
@@ -434,9 +335,9 @@ def _parse_integer(enc_type: str, value: object) -> int:
     if isinstance(value, _Big):
         b = int(value)
     elif isinstance(value, str):
-        b = _parse_big256(value)
+        b = parse_big256(value)
         if b is None:
-            raise RequestError(f"invalid hex or decimal integer {_go_quote(value)}")
+            raise RequestError(f"invalid hex or decimal integer {go_quote(value)}")
     elif isinstance(value, float):
         if not (value.is_integer() and -_INT64 <= value < _INT64):
             raise RequestError(f"invalid float value {_go_float(value)} for type {enc_type}")
@@ -511,7 +412,10 @@ def encode_type(typed: Mapping[str, Any], primary_type: str) -> bytes:
 def encode_data(typed: Mapping[str, Any], primary_type: str, data: Mapping[str, Any]) -> bytes:
     """typeHash || enc(field1) || ... (geth's EncodeData)."""
     td = _load(typed)
-    _check_json_numbers(data)
+    try:
+        _check_json_numbers(data)
+    except GoJSONError as exc:
+        raise TypedDataDecodeError(exc.message) from None
     return td.encode_data(primary_type, data, 1)
 
 

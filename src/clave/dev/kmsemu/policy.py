@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from clave.core.errors import RequestError
+
 ATTESTATION_PREFIX = "kms:RecipientAttestation:"
 _OPERATORS = {
     "StringEquals": (False, False, False),  # (negated, ignore_case, like)
@@ -31,8 +33,8 @@ _OPERATORS = {
 }
 
 
-class PolicyError(ValueError):
-    pass
+class PolicyError(RequestError, ValueError):
+    """A key policy this evaluator would misread; a ValueError too, as callers have caught it."""
 
 
 @dataclass(frozen=True)

@@ -23,18 +23,21 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from clave.core.errors import RequestError
+from clave.core.secretfiles import write_private
+
 BLOB_VERSION = 1
 _AAD_TAG = b"clave-kmsemu"
 _HEADER = 1 + 16 + 12
 
 
-class KmsFault(Exception):
+class KmsFault(RequestError):
     """A KMS error response: `type` becomes `__type` (the botocore error code)."""
 
     def __init__(self, type_: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{type_}: {message}")
+        super().__init__(message)
+        self.args = (f"{type_}: {message}",)
         self.type = type_
-        self.message = message
         self.status = status
 
 
@@ -88,16 +91,6 @@ def default_policy(account: str) -> str:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def canonical_context(context: Mapping[str, str] | None) -> bytes:
     return json.dumps(dict(context or {}), sort_keys=True, separators=(",", ":")).encode()
 
@@ -137,7 +130,7 @@ class KeyStore:
         self._save(key)
 
     def _save(self, key: Key) -> None:
-        _write_private(self._keys_dir / f"{key.key_id}.json", json.dumps(key.to_json()).encode())
+        write_private(self._keys_dir / f"{key.key_id}.json", json.dumps(key.to_json()).encode(), replace=True)
         self._keys[key.key_id] = key
 
     def get(self, ref: str) -> Key:
@@ -163,7 +156,7 @@ class KeyStore:
         if name in self._aliases:
             raise KmsFault("AlreadyExistsException", f"An alias with the name {name} already exists")
         self._aliases[name] = target.key_id
-        _write_private(self._aliases_file, json.dumps(self._aliases).encode())
+        write_private(self._aliases_file, json.dumps(self._aliases).encode(), replace=True)
 
     # -- ciphertext blobs
 

@@ -46,6 +46,8 @@ ERROR_CODES = frozenset(
 class NsmError(InfraError):
     """The NSM refused or failed a request; `nsm_code` is its ErrorCode (or a local reason)."""
 
+    remedy = "restart the enclave; if it persists, the enclave image and its NSM driver do not match"
+
     def __init__(self, nsm_code: str, message: str = "", remedy: str = "") -> None:
         super().__init__(message or f"NSM error: {nsm_code}", remedy)
         self.nsm_code = nsm_code

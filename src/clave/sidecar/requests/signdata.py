@@ -19,12 +19,12 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from coincurve import PublicKey
-from eth_utils import keccak
-
 from clave.core.errors import RequestError
+from clave.core.eth.messages import text_hash
+from clave.core.eth.secp256k1 import recover_address
 from clave.core.gojson import (
     go_quote,
+    go_type_name,
     hexutil_decode,
     loads,
 )
@@ -180,21 +180,6 @@ def parse_media_type(content_type: str) -> str:
 # --- data decoding -----------------------------------------------------------------------------------
 
 
-def go_type_name(value: Any) -> str:
-    """Go's %T of a value decoded into interface{}."""
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, int | float):
-        return "float64"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return "map[string]interface {}"
-
-
 def _from_hex(data: Any) -> bytes:
     if not isinstance(data, str):
         raise ValueError(f"wrong type {go_type_name(data)}")
@@ -324,16 +309,10 @@ def ec_recover_check(sig: bytes) -> bytes:
     return sig[:64] + bytes([sig[64] - 27])
 
 
-def text_hash(data: bytes) -> bytes:
-    """accounts.TextHash: keccak256 of the EIP-191 personal message."""
-    return keccak(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data)
-
-
 def ec_recover(data: bytes, sig: bytes) -> bytes:
     """account_ecRecover: the 20-byte address that signed `data` as a personal message."""
     normalized = ec_recover_check(sig)
     try:
-        public = PublicKey.from_signature_and_message(normalized, text_hash(data), hasher=None)
+        return recover_address(text_hash(data), normalized)
     except Exception:  # coincurve raises ValueError/Exception for unrecoverable signatures
         raise RequestError("recovery failed") from None
-    return keccak(public.format(compressed=False)[1:])[-20:]

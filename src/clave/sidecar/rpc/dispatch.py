@@ -17,13 +17,13 @@ from typing import Any
 from clave.core import gojson
 from clave.core.errors import (
     INTERNAL_ERROR,
-    INVALID_PARAMS,
     INVALID_REQUEST,
-    METHOD_NOT_FOUND,
     PARSE_ERROR,
     SERVER_ERROR,
     ClaveError,
     InfraError,
+    InvalidParams,
+    MethodNotFound,
 )
 
 log = logging.getLogger("clave.rpc")
@@ -48,10 +48,6 @@ class Method:
     handler: Handler
     required: int = 0  # leading arguments that must be present
     total: int = 0  # all arguments, optional trailing ones included
-
-
-class RpcError(ClaveError):
-    pass
 
 
 Observer = Callable[[str, str, float, CallContext, list[Any]], None]
@@ -117,18 +113,18 @@ class Dispatcher:
     async def _call(self, name: str, params: Any, ctx: CallContext) -> Any:
         method = self.methods.get(name)
         if method is None:
-            raise RpcError(f"the method {name} does not exist/is not available", code=METHOD_NOT_FOUND)
+            raise MethodNotFound(name)
         if params is None:
             params = []
         if not isinstance(params, list):
-            raise RpcError("non-array args", code=INVALID_PARAMS)
+            raise InvalidParams("non-array args")
         if len(params) > method.total:
-            raise RpcError(f"too many arguments, want at most {method.total}", code=INVALID_PARAMS)
+            raise InvalidParams(f"too many arguments, want at most {method.total}")
         # Go treats a trailing JSON null like an omitted optional argument.
         while params and len(params) > method.required and params[-1] is None:
             params = params[:-1]
         if len(params) < method.required:
-            raise RpcError(f"missing value for required argument {len(params)}", code=INVALID_PARAMS)
+            raise InvalidParams(f"missing value for required argument {len(params)}")
         return await method.handler(params, ctx)
 
 

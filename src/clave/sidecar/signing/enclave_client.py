@@ -141,7 +141,10 @@ class EnclaveClient:
                 raise EnclaveNotReady(message)
             if isinstance(code, int) and code < 0:
                 raise RequestError(message, code=code)
-            raise InfraError(f"enclave error: {message}")
+            raise InfraError(
+                f"enclave error: {message}",
+                remedy="see the enclave's log; run the sidecar and the enclave image from the same release",
+            )
         return reply.get("result")
 
     def _queue_frame(self, writer: asyncio.StreamWriter, frame: bytes) -> None:

@@ -138,7 +138,10 @@ class Signer:
             nonce = os.urandom(32)
             document, verified = await self.attest(nonce)
             if verified.public_key != hello["public_key"]:
-                raise InfraError("attested public key differs from the enclave's boot key")
+                raise InfraError(
+                    "attested public key differs from the enclave's boot key",
+                    remedy="retried; if it persists, something between the sidecar and the enclave answers for it",
+                )
             self.status.attested, self.status.attested_at = True, self.clock()
             self.status.pcrs = dict(verified.pcrs)
             if not hello["ready"]:
@@ -353,7 +356,7 @@ class FollowerSigner(Signer):
         self._tasks = [asyncio.create_task(self.follow_store(interval))]  # the primary watches the enclave
 
     async def bring_up(self) -> None:
-        raise InfraError("an HTTP worker does not bring the enclave up")
+        raise InfraError("an HTTP worker does not bring the enclave up", remedy="the primary `clave serve` does")
 
     async def follow(self, update: dict[str, Any]) -> None:
         status = self.status

@@ -44,7 +44,7 @@ class StoredRecord:
 
 
 class StoreError(InfraError):
-    pass
+    remedy = "check the data directory's disk (space, permissions) and keystore.sqlite"
 
 
 class DuplicateAccount(RequestError):

@@ -8,14 +8,21 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from clave.core.errors import InfraError, RequestError
 from clave.sidecar.transports.ipc import JsonStreamSplitter
 
 
-class RpcCallError(Exception):
+class RpcCallError(RequestError):
+    """clave answered the call with a JSON-RPC error; `code` and `message` are its."""
+
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
+
+
+class ClaveUnreachable(InfraError, ConnectionError):
+    """No clave on the IPC socket, or it went away (a ConnectionError too, as callers have caught it)."""
+
+    remedy = "start it (`clave up`, or the clave service) or point --ipcpath at its socket"
 
 
 class IpcClient:
@@ -27,7 +34,7 @@ class IpcClient:
             self._sock.connect(str(path))
         except OSError as exc:
             self._sock.close()
-            raise ConnectionError(f"cannot reach clave at {path}: {exc.strerror or exc}; is `clave up` running?") from None
+            raise ClaveUnreachable(f"cannot reach clave at {path}: {exc.strerror or exc}; is `clave up` running?") from None
         self._ids = itertools.count(1)
         self._splitter = JsonStreamSplitter()
         self._queue: list[str] = []
@@ -46,7 +53,7 @@ class IpcClient:
                 return reply.get("result")
             data = self._sock.recv(65536)
             if not data:
-                raise ConnectionError("clave closed the connection")
+                raise ClaveUnreachable("clave closed the connection")
             self._queue.extend(self._splitter.feed(data))
 
     def close(self) -> None:

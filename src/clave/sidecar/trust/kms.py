@@ -60,10 +60,13 @@ _REMEDIES = {
     "DisabledException": "enable the KMS key",
     "KMSInvalidStateException": "the KMS key is pending deletion or disabled; cancel deletion / enable it",
 }
+_NOT_KMS = "check that --kms-endpoint (if set) is AWS KMS or the local emulator"
 
 
 class KmsRefused(InfraError):
     """KMS answered and said no; `kms_code` is its error code (e.g. AccessDeniedException)."""
+
+    remedy = "see the KMS error code in the message and the key's policy and state in AWS"
 
     def __init__(self, kms_code: str, message: str, remedy: str = "") -> None:
         super().__init__(message, remedy)
@@ -134,7 +137,7 @@ class KmsSealing:
             )
         blob = resp.get("CiphertextForRecipient")
         if not isinstance(blob, bytes) or not blob:
-            raise InfraError(f"KMS {op} answered without CiphertextForRecipient")
+            raise InfraError(f"KMS {op} answered without CiphertextForRecipient", remedy=_NOT_KMS)
         return blob
 
     async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]:
@@ -148,7 +151,7 @@ class KmsSealing:
         for_recipient = self._for_recipient("GenerateDataKey", resp)
         wrapped = resp.get("CiphertextBlob")
         if not isinstance(wrapped, bytes) or not wrapped:
-            raise InfraError("KMS GenerateDataKey answered without CiphertextBlob")
+            raise InfraError("KMS GenerateDataKey answered without CiphertextBlob", remedy=_NOT_KMS)
         return wrapped, for_recipient
 
     async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes:

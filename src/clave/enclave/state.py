@@ -1,0 +1,57 @@
+"""What the enclave's handlers share: this boot's NSM, clock and RSA key, and the master key once loaded.
+
+`EnclaveService` owns one `EnclaveState` and hands it to every group of handlers (its own, and the
+validator handlers in `opera_keys`), so that no handler module reaches into another's internals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from clave.core.envelope import open_envelope
+from clave.core.errors import InfraError
+from clave.enclave.nitro import nsm as nsm_api
+
+
+class NotReady(InfraError):
+    """The master key is not loaded yet, so nothing can be sealed or unsealed."""
+
+    remedy = "the sidecar loads the master key through KMS once it has attested the enclave; see its log"
+
+
+class EnclaveState:
+    def __init__(self, nsm: Any, clock: Callable[[], float] = time.time) -> None:
+        self.nsm = nsm
+        self.clock = clock
+        # A fresh RSA key per boot: KMS encrypts the data key to it, the CLI encrypts keyfiles to it.
+        self.boot_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.boot_public = self.boot_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.master_key: bytes | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.master_key is not None
+
+    def master(self) -> bytes:
+        """The master data key, or NotReady."""
+        if self.master_key is None:
+            raise NotReady("master key not loaded")
+        return self.master_key
+
+    def random(self, count: int) -> bytes:
+        """`count` bytes from the NSM's random source."""
+        return nsm_api.get_random(self.nsm, count)
+
+    def open_envelope(self, envelope: bytes) -> dict[str, Any]:
+        """A payload the CLI sealed to this boot's key (keyfile, password)."""
+        return open_envelope(self.boot_key, envelope)
+
+    def now(self) -> int:
+        return int(self.clock())
