@@ -80,11 +80,13 @@ def test_pinned_requirements_run_the_image_alone(tmp_path: Path) -> None:
                              cwd=app, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "unrecognized arguments" in refused.stderr
 
-    # With the software NSM added beside it (what local mode has from the full install), the image's
-    # service code runs on the pinned requirements alone.
-    for name in ("__init__.py", "image.py", "soft_nsm.py", "enclave.py"):
-        (app / "clave" / "dev").mkdir(exist_ok=True)
-        (app / "clave" / "dev" / name).write_bytes((ROOT / "src" / "clave" / "dev" / name).read_bytes())
+    # With the software NSM and what it needs added beside it (local mode has them from the full install),
+    # the image's service code runs on the pinned requirements alone.
+    local_mode = ["dev/__init__.py", "dev/image.py", "dev/soft_nsm.py", "dev/enclave.py",
+                  "sidecar/__init__.py", "sidecar/secretfiles.py"]
+    for rel in local_mode:
+        (app / "clave" / rel).parent.mkdir(exist_ok=True)
+        (app / "clave" / rel).write_bytes((ROOT / "src" / "clave" / rel).read_bytes())
     socket_path = tmp_path / "enclave.sock"
     proc = subprocess.Popen(
         [str(python), "-m", "clave.dev.enclave", "--listen", f"unix:{socket_path}", "--nsm-state", str(tmp_path / "nsm")],

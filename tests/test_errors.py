@@ -21,13 +21,12 @@ from clave.core.errors import (
 )
 from clave.core.eth.rlp import RLPError, decode
 from clave.core.gojson import GoJSONError
-from clave.core.secretfiles import AlreadyExists, write_private
 from clave.dev.kmsemu.policy import PolicyError
 from clave.dev.kmsemu.store import KmsFault
 from clave.enclave.state import NotReady
 from clave.link.frames import FrameError
 from clave.sidecar.datadir import DatadirBusy, datadir_lock
-from clave.sidecar.secretfiles import write_new_private
+from clave.sidecar.secretfiles import AlreadyExists, write_new_private, write_private
 from clave.sidecar.transports.ipc_client import ClaveUnreachable, IpcClient, RpcCallError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "clave"

@@ -46,7 +46,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from clave.core.secretfiles import write_private
 from clave.dev.image import image_files
 from clave.enclave.nitro.nsm import (
     NSM_FIELD_MAX,
@@ -58,6 +57,7 @@ from clave.enclave.nitro.nsm import (
     decode_response,
     encode_request,
 )
+from clave.sidecar.secretfiles import write_private
 
 MAX_PCRS = 32
 BOOT_LOCKED = range(16)  # locked from boot on real hardware (nsm-check.rs)

@@ -39,6 +39,7 @@ from clave.core.gojson import (
     pointer,
     slice_of,
 )
+from clave.core.shapes import Authorization
 
 
 def _hex_bytes(b: bytes) -> str:
@@ -134,15 +135,20 @@ _AUTHORIZATION_FIELDS = {
 }
 
 
-def decode_authorization(value: Any) -> dict[str, Any]:
+def decode_authorization(value: Any) -> Authorization:
     """types.SetCodeAuthorization (gencodec UnmarshalJSON): every field required."""
     got = decode_struct(value, _AUTHORIZATION_FIELDS, "SetCodeAuthorization", "types.SetCodeAuthorization")
     for name in _AUTHORIZATION_FIELDS:
         if got.get(name) is None:
             raise GoJSONError(f"missing required field '{name}' for SetCodeAuthorization")
-    out = {name: got[name] for name in _AUTHORIZATION_FIELDS}
-    out["yParity"] &= 0xFF  # Go stores it as uint8(*dec.V)
-    return out
+    return {
+        "chainId": got["chainId"],
+        "address": got["address"],
+        "nonce": got["nonce"],
+        "yParity": got["yParity"] & 0xFF,  # Go stores it as uint8(*dec.V)
+        "r": got["r"],
+        "s": got["s"],
+    }
 
 
 # A `[]types.SetCodeAuthorization` field: null is nil.

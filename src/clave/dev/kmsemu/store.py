@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from clave.core.errors import RequestError
-from clave.core.secretfiles import write_private
+from clave.sidecar.secretfiles import write_private
 
 BLOB_VERSION = 1
 _AAD_TAG = b"clave-kmsemu"

@@ -20,10 +20,10 @@ from fractions import Fraction
 from typing import Any
 
 from clave.core.errors import RequestError
+from clave.core.eth.txjson import decode_access_list, decode_authorization_list
 from clave.core.gojson import (
     ZERO_ADDRESS,
     ZERO_MIXEDCASE,
-    GoJSONError,
     MixedcaseAddress,
     decode_address,
     decode_big,
@@ -32,12 +32,10 @@ from clave.core.gojson import (
     decode_hash,
     decode_mixedcase,
     decode_struct,
-    decode_u256,
     decode_uint8,
     decode_uint64,
     encode_quantity,
     go_quote,
-    nested,
     pointer,
     slice_of,
 )
@@ -67,20 +65,6 @@ class ValidationMessage:
 # --- shared field decoders ---------------------------------------------------------------------------
 
 
-_ACCESS_TUPLE_FIELDS = {"address": pointer(decode_address), "storageKeys": slice_of(decode_hash, "[]common.Hash")}
-
-
-def _access_tuple(value: Any) -> tuple[bytes, list[bytes]]:
-    # types.AccessTuple has a gencodec UnmarshalJSON: both fields are required.
-    got = decode_struct(value, _ACCESS_TUPLE_FIELDS, "AccessTuple", "types.AccessTuple")
-    if got.get("address") is None:
-        raise GoJSONError("missing required field 'address' for AccessTuple")
-    if got.get("storageKeys") is None:
-        raise GoJSONError("missing required field 'storageKeys' for AccessTuple")
-    return got["address"], got["storageKeys"]
-
-
-_ACCESS_LIST = pointer(slice_of(nested(_access_tuple), "types.AccessList"))
 
 
 def _blob(size: int, go_type: str) -> Callable[[Any], Any]:
@@ -145,7 +129,7 @@ _SEND_TX_FIELDS = {
     "nonce": decode_uint64,
     "data": pointer(decode_bytes),
     "input": pointer(decode_bytes),
-    "accessList": _ACCESS_LIST,
+    "accessList": decode_access_list,
     "chainId": pointer(decode_big),
     "blobVersion": decode_uint8,
     **_BLOB_FIELDS,
@@ -375,33 +359,6 @@ class TransactionArgs:
     authorization_list: list[Authorization] | None = None
 
 
-_AUTHORIZATION_FIELDS = {
-    "chainId": pointer(decode_u256),
-    "address": pointer(decode_address),
-    "nonce": pointer(decode_uint64),
-    "yParity": pointer(decode_uint64),
-    "r": pointer(decode_u256),
-    "s": pointer(decode_u256),
-}
-
-
-def _authorization(value: Any) -> Authorization:
-    # types.SetCodeAuthorization's gencodec UnmarshalJSON: every field required.
-    fields = _AUTHORIZATION_FIELDS
-    got = decode_struct(value, fields, "SetCodeAuthorization", "types.SetCodeAuthorization")
-    for name in fields:
-        if got.get(name) is None:
-            raise GoJSONError(f"missing required field '{name}' for SetCodeAuthorization")
-    return {
-        "chainId": got["chainId"],
-        "address": got["address"],
-        "nonce": got["nonce"],
-        "yParity": got["yParity"] & 0xFF,  # Go stores it as uint8(*dec.V)
-        "r": got["r"],
-        "s": got["s"],
-    }
-
-
 _TX_ARGS_FIELDS = {
     "from": pointer(decode_address),
     "to": pointer(decode_address),
@@ -413,10 +370,10 @@ _TX_ARGS_FIELDS = {
     "nonce": pointer(decode_uint64),
     "data": pointer(decode_bytes),
     "input": pointer(decode_bytes),
-    "accessList": _ACCESS_LIST,
+    "accessList": decode_access_list,
     "chainId": pointer(decode_big),
     **_BLOB_FIELDS,
-    "authorizationList": slice_of(nested(_authorization), "[]types.SetCodeAuthorization"),
+    "authorizationList": decode_authorization_list,
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from clave.core.errors import InvalidParams, RequestError
+from clave.core.errors import InvalidParams, MethodNotFound
 from clave.core.eth.typed_data import TypedDataDecodeError, typed_data_preimage
 from clave.core.gojson import (
     GoJSONError,
@@ -17,7 +17,6 @@ from clave.core.gojson import (
     decode_bytes,
     decode_mixedcase,
     invalid_argument,
-    json_kind,
 )
 from clave.sidecar.rpc.dispatch import CallContext
 
@@ -59,10 +58,6 @@ def typed_data(params: list[Any], index: int) -> dict[str, Any]:
     (unknown types, missing fields, …) are plain errors (-32000).
     """
     typed = params[index]
-    if not isinstance(typed, dict):
-        raise InvalidParams(
-            f"invalid argument {index}: json: cannot unmarshal {json_kind(typed)} into Go value of type apitypes.TypedData"
-        )
     try:
         typed_data_preimage(typed)
     except TypedDataDecodeError as exc:
@@ -73,4 +68,4 @@ def typed_data(params: list[Any], index: int) -> dict[str, Any]:
 def ipc_only(ctx: CallContext, name: str) -> None:
     """Operator methods exist only over IPC; over HTTP they are as unknown as any missing method."""
     if ctx.transport != "ipc":
-        raise RequestError(f"the method {name} does not exist/is not available", code=-32601)
+        raise MethodNotFound(name)
