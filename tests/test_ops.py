@@ -37,6 +37,8 @@ import pytest
 from tests.stack import ClaveProcess, free_port, post_json
 from tests.test_validator import check_opera_keyfile
 
+pytestmark = pytest.mark.slow  # ansible, pip wheels, systemd-analyze and `clave up` processes
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PASSWORD = "ops-test validator password Zq8"  # may appear only in the password files (and the FIFO)

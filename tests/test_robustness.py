@@ -17,6 +17,8 @@ from eth_account.messages import encode_defunct
 from tests.clients import light_keyfile
 from tests.stack import ClaveProcess, RpcFailure
 
+pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
+
 GOOD = {
     "UTC--2016-03-22T12-57-55.920751759Z--7ef5a6135f1fd6a02593eedc869c6d41d934aef8": "0x7ef5a6135f1fd6a02593eedc869c6d41d934aef8",
     "aaa": "0xf466859ead1932d743d622cb74fc058882e8648a",
