@@ -191,9 +191,11 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    root: Path, *, chain_ids: tuple[int, ...] = (31337, 1), **overrides: Any
+    root: Path, *, chain_ids: tuple[int, ...] = (31337, 1), wait_ready: bool = True, **overrides: Any
 ) -> AsyncIterator[Stack]:
-    """Start the enclave, the KMS emulator and the sidecar; yield once the sidecar is ready."""
+    """Start the enclave, the KMS emulator and the sidecar; yield once the sidecar is ready (or, without
+    wait_ready, once its first bring-up attempt has finished, either way). `overrides` are SidecarConfig
+    fields (kms_key_id, pcrs, auth_token_file, vhosts, ...)."""
     root.mkdir(parents=True, exist_ok=True)
     datadir = root / "clave"
     logs = datadir / "logs"
@@ -215,6 +217,7 @@ async def running_stack(
         await kms_runner.setup()
         sidecar: Sidecar | None = None
         http: TestClient | None = None
+        kms_client: Any = None
         try:
             await web.TCPSite(kms_runner, "127.0.0.1", 0).start()
             kms_endpoint = f"http://127.0.0.1:{kms_runner.addresses[0][1]}"
@@ -237,7 +240,9 @@ async def running_stack(
             await sidecar.start()
             http = TestClient(TestServer(app))
             await http.start_server()
-            if not await sidecar.signer.wait_ready(READY_TIMEOUT):
+            if not wait_ready:
+                await asyncio.wait_for(sidecar.signer.attempted.wait(), READY_TIMEOUT)
+            elif not await sidecar.signer.wait_ready(READY_TIMEOUT):
                 raise RuntimeError(f"in-process sidecar not ready: {sidecar.signer.status.last_error}")
             yield Stack(root, config, enclave, sidecar, app, http, kms_endpoint, kms_client, logs / "sidecar.log")
         finally:
@@ -247,3 +252,5 @@ async def running_stack(
                 await sidecar.stop()
             await enclave.stop()
             await kms_runner.cleanup()
+            if kms_client is not None:
+                kms_client.close()
