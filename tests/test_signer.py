@@ -16,11 +16,17 @@ from eth_keys import keys
 
 from clave.core.errors import InfraError, UnknownAccount
 from clave.sidecar.signing.enclave_client import EnclaveClient, EnclaveNotReady, EnclaveUnavailable
-from clave.sidecar.signing.signer import META_DATA_KEY, META_KMS_KEY_ID, AttestationConfig, FollowerSigner, Signer
+from clave.sidecar.signing.signer import (
+    META_DATA_KEY,
+    META_KMS_KEY_ID,
+    AttestationConfig,
+    FollowerSigner,
+    Signer,
+)
 from clave.sidecar.store.records import SqliteStore, StoredRecord
 from clave.sidecar.trust.attestation import AttestationError, PcrPolicy, load_root
 from clave.sidecar.trust.kms import KmsSealing
-from tests.inproc import Stack, running_stack
+from tests.inproc import running_stack
 from tests.stack import RpcFailure
 
 
