@@ -44,7 +44,8 @@ PROCESS_FIXTURES = frozenset({"clave", "anvil", "anvil_bin", "cast"})
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         used = PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        if used and item.get_closest_marker("slow") is None:
+        needs_clients = item.get_closest_marker("clients") is not None  # anvil and cast are processes
+        if (used or needs_clients) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
 
 
