@@ -24,6 +24,7 @@ from clave.core.envelope import seal_to
 from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
 from tests.inproc import Stack, running_stack
 from tests.stack import RpcFailure
+from tests.test_validator import opera_decrypt, uncompressed_public_key
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # one stack for the module, on one event loop
 
@@ -320,3 +321,26 @@ async def test_a_refused_duplicate_import_changes_nothing(stack: Stack) -> None:
     export = "0x" + seal_to(public_key, {"password": "x"}).hex()
     assert await _failure(stack, "clave_exportKeyfile", address, export) == (
         -32000, "account is not exportable: it was created or imported without --exportable")
+
+
+# --- go-opera / sonic validator keys ------------------------------------------------------------------------
+
+
+async def test_validator_key_new_and_restore(stack: Stack) -> None:
+    public_key = await _enclave_key(stack)
+    made = await stack.rpc("clave_validatorNew", "0x" + seal_to(public_key, {"password": "validator pw 1"}).hex())
+    pubkey = made["pubkey"]
+    assert pubkey.startswith("0xc004") and len(pubkey) == 2 + 2 * 66
+    secret = opera_decrypt(made["keyfile"], "validator pw 1")  # the test's own scrypt, not eth-keyfile's
+    assert "0xc0" + uncompressed_public_key(secret).hex() == pubkey
+    assert stack.store.get_meta("validator:" + pubkey[2:]) is not None, "the sealed backup is stored"
+    assert all(r.address != keccak(uncompressed_public_key(secret)[1:])[12:] for r in stack.store.records())
+    restored = await stack.rpc("clave_validatorKeyfile", pubkey.upper().replace("0XC", "0xc"),
+                               "0x" + seal_to(public_key, {"password": "validator pw 2"}).hex())
+    assert restored["pubkey"] == pubkey and json.loads(restored["keyfile"])["pubkey"] == pubkey[4:]
+    assert await _failure(stack, "clave_validatorKeyfile", "0xc004" + "ab" * 64, "0x00") == (
+        -32000, "no sealed backup of validator key 0xc004" + "ab" * 64 + " in this store")
+    assert await _failure(stack, "clave_validatorKeyfile", "0x04" + "ab" * 64, "0x00") == (
+        -32602, "invalid argument 0: expected a 0xc004… validator public key")
+    assert await _failure(stack, "clave_validatorNew", "0x" + seal_to(public_key, {"password": ""}).hex()) == (
+        -32602, "envelope must carry a non-empty password")
