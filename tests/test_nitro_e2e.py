@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import ROOT
 from tests.stack import ClaveProcess, free_port
+from tests.vectors import vector
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +37,8 @@ def _meta(datadir: Path, name: str) -> bytes:
 def _modified_tree(tmp: Path) -> Path:
     """A copy of the code whose enclave differs by one comment: a new build with a new PCR0."""
     src = tmp / "src"
-    for package in ("enclave", "sidecar"):
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(src / "enclave" / "service.py", "a") as handle:
+    shutil.copytree(ROOT / "src" / "clave", src / "clave", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(src / "clave" / "enclave" / "service.py", "a") as handle:
         handle.write("\n# a rebuilt enclave image\n")
     return src
 
@@ -163,8 +163,8 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
         emulator.wait(10)
 
 
-def test_attest_verify_cli_on_the_real_aws_document(vectors: Path) -> None:
-    nitro = vectors / "nitro"
+def test_attest_verify_cli_on_the_real_aws_document() -> None:
+    nitro = vector("nitro")
     base = [sys.executable, "-m", "clave.cli", "attest", "verify", "--root", str(nitro / "aws_nitro_root_g1.pem"),
             "--aws-root", "--at", "1668034320696"]
     good = subprocess.run([*base, str(nitro / "aws_nitro_document.cbor")], capture_output=True, text=True)
