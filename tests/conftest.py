@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests import secrets_search
+from tests.inproc import kdf_inline
 from tests.stack import Anvil, ClaveProcess
 from tests.vectors import skip_or_fail, vector
 
@@ -129,14 +130,13 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.fixture
-def inline_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+def inline_kdf() -> Iterator[None]:
     """Run the enclave's keyfile work (scrypt) in the calling thread instead of `kdf_pool`'s spawned
-    processes, so that an in-process enclave imports and exports keyfiles in the fast tier. Only the
-    place where `fn(*args)` runs changes; production keeps its process pool."""
-    from clave.enclave import kdf_pool
-
-    monkeypatch.setattr(kdf_pool, "run", lambda fn, *args: fn(*args))
-    monkeypatch.setattr(kdf_pool, "warm", lambda: None)
+    processes, so that an in-process enclave loads a master key (which warms the pool) and imports and
+    exports keyfiles in the fast tier. Only where `fn(*args)` runs changes; production keeps its pool.
+    The in-process stack (tests/inproc.py) does the same for its whole lifetime."""
+    with kdf_inline():
+        yield
 
 
 # --- vectors and tools ----------------------------------------------------------------------------------

@@ -137,8 +137,8 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for package in ("sidecar", "enclave"):  # copied so the build leaves nothing in the checkout
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    # src/ is copied so the build leaves nothing in the checkout.
+    shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = base / "wheels"
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), str(src)],
