@@ -1,4 +1,5 @@
 # The two commands of README.md: `make up` and `make test`. Both install what they need first.
+# `make check` is the fast unit tier (no process started, well under a minute) for working on the code.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ TOOLS := .tools
 FOUNDRY_VERSION ?= 1.7.1
 ARGS ?=
 
-.PHONY: up test install install-test tools system-deps lint bench clean
+.PHONY: up test check install install-test tools system-deps lint bench clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +40,16 @@ tools: $(TOOLS)/node_modules/.bin/cast
 up: install
 	$(VENV)/bin/clave up $(ARGS)
 
-# Install the test dependencies (Python packages, anvil and cast from npm) and run the whole suite.
+# Install the test dependencies (Python packages, anvil and cast from npm) and run the whole suite: both
+# tiers, as CI does (.ci/run sets CI=1, so missing vectors or tools fail instead of skipping).
 test: install-test
 	PATH="$(CURDIR)/$(TOOLS)/node_modules/.bin:$$PATH" $(PY) -m pytest -q $(ARGS)
+
+# The fast tier: every test not marked slow, in one process. It installs the test extras if the venv has
+# none yet, but never reinstalls an installed venv (run `make install-test` for that).
+check:
+	@[ -f $(VENV)/.installed-test ] || $(MAKE) --no-print-directory $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check src tests bench

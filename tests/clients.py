@@ -12,10 +12,12 @@ import rlp
 from eth_account import Account
 from eth_keyfile import create_keyfile_json
 
+from tests.secrets_search import KNOWN_SECRETS
 from tests.stack import Anvil, ClaveProcess
 
-# Every private key and password a test hands to clave; test_z_secrets searches logs and datadirs for them.
-KNOWN_SECRETS: set[str] = set()
+# KNOWN_SECRETS: every private key and password a test hands to clave; when the shared `clave up` stops,
+# its logs and datadir are searched for them (tests/conftest.py, tests/secrets_search.py).
+__all__ = ["KNOWN_SECRETS", "blob_network_form", "import_key", "light_keyfile", "run", "send_and_mine"]
 
 
 def light_keyfile(private_key: bytes, password: str, directory: Path, name: str | None = None) -> Path:

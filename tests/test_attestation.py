@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -37,12 +36,15 @@ from clave.sidecar.trust.attestation import (
     parse_attestation,
     verify_attestation,
 )
+from tests.vectors import vector
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-NITRO = VECTORS / "nitro"
-needs_vectors = pytest.mark.skipif(
-    not (NITRO / "aws_nitro_document.cbor").is_file(), reason=f"Nitro vectors not found in {NITRO}"
-)
+
+@pytest.fixture(scope="module")
+def nitro_vectors() -> None:
+    vector("nitro/aws_nitro_document.cbor")  # skipped when absent, a failure in CI (tests/vectors.py)
+
+
+needs_vectors = pytest.mark.usefixtures("nitro_vectors")
 
 # The real document: its timestamp, and the leaf certificate's validity window (2022-11-09T22:51:57Z to
 # 2022-11-10T01:52:00Z), the narrowest in its chain.
@@ -55,12 +57,12 @@ REAL_NONCE = "c678c86135de539d183acff58886d98dfb9823041af9f934bf909ac0f8d96245"
 
 @pytest.fixture(scope="module")
 def real_doc() -> bytes:
-    return (NITRO / "aws_nitro_document.cbor").read_bytes()
+    return vector("nitro/aws_nitro_document.cbor").read_bytes()
 
 
 @pytest.fixture(scope="module")
 def aws_root() -> x509.Certificate:
-    return load_root((NITRO / "aws_nitro_root_g1.pem").read_bytes(), fingerprint=AWS_NITRO_ROOT_G1_SHA256)
+    return load_root(vector("nitro/aws_nitro_root_g1.pem").read_bytes(), fingerprint=AWS_NITRO_ROOT_G1_SHA256)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -94,7 +96,7 @@ def test_real_document_validity_edges(real_doc: bytes, aws_root: x509.Certificat
 
 @needs_vectors
 def test_real_document_with_bad_signature_fails(aws_root: x509.Certificate) -> None:
-    bad = (NITRO / "aws_nitro_document_bad_sig.cbor").read_bytes()
+    bad = vector("nitro/aws_nitro_document_bad_sig.cbor").read_bytes()
     parse_attestation(bad)  # well-formed: only the signature is wrong
     with pytest.raises(AttestationError, match="COSE signature does not verify"):
         verify_attestation(bad, root=aws_root, now_ms=REAL_TS)
@@ -109,7 +111,7 @@ def test_real_document_fails_against_another_root(real_doc: bytes) -> None:
 
 @needs_vectors
 def test_load_root_pins_by_fingerprint() -> None:
-    pem = (NITRO / "aws_nitro_root_g1.pem").read_bytes()
+    pem = vector("nitro/aws_nitro_root_g1.pem").read_bytes()
     root = load_root(pem)
     der = root.public_bytes(Encoding.DER)
     assert hashlib.sha256(der).hexdigest() == AWS_NITRO_ROOT_G1_SHA256
@@ -170,6 +172,7 @@ def test_real_document_describe(real_doc: bytes, aws_root: x509.Certificate) -> 
 
 
 @needs_vectors
+@pytest.mark.slow  # in-process, but about 7 s per mask on a 2-core machine: not for the fast tier
 @pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 @pytest.mark.parametrize("mask", [0x01, 0xFF])
 def test_every_single_byte_flip_of_real_document_fails(

@@ -20,7 +20,8 @@ def run_bench(out: Path, *extra: str) -> dict[str, Any]:
     completed = subprocess.run(
         [sys.executable, str(RUN), "--smoke", "--out", str(out), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(  # this checkout's code, whatever is installed
+            [str(ROOT / "src"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
     results = json.loads((out / "latest.json").read_text())

@@ -28,9 +28,9 @@ from clave.core.eth.transactions import encode_signed
 from clave.core.eth.txjson import parse_geth_tx_json
 from clave.core.eth.typed_data import TypedDataDecodeError, typed_data_preimage
 from tests.clients import import_key
-from tests.conftest import VECTORS
 from tests.ipc_peer import IpcPeer, go_json
 from tests.stack import ClaveProcess, RpcFailure, post_json
+from tests.vectors import names, vector
 
 pytestmark = pytest.mark.clients
 
@@ -43,12 +43,6 @@ EXPECTED_REFUSALS = {
     "sign_1559_missing_maxfeepergas_exp_fail.json": "validation failed: Neither 'gasPrice' nor 'maxFeePerGas' specified.",
     "sign_bad_checksum_exp_fail.json": "validation failed: Invalid checksum on recipient address",
 }
-
-
-def _files(folder: str, pattern: str = "*.json") -> list[str]:
-    directory = VECTORS / folder
-    names = sorted(p.name for p in directory.glob(pattern)) if directory.is_dir() else []
-    return names or ["(vectors absent)"]
 
 
 def _sign_digest(key: bytes, digest: bytes) -> str:
@@ -79,9 +73,9 @@ def peer(clave: ClaveProcess) -> Any:
 # --- clef/sign_requests ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _files("clef/sign_requests"))
-def test_sign_request_vector(clave: ClaveProcess, vectors: Path, known: tuple[bytes, str], name: str) -> None:
-    path = vectors / "clef" / "sign_requests" / name
+@pytest.mark.parametrize("name", names("clef/sign_requests"))
+def test_sign_request_vector(clave: ClaveProcess, known: tuple[bytes, str], name: str) -> None:
+    path = vector(f"clef/sign_requests/{name}")
     text = path.read_bytes()
     request = json.loads(text)
     status, reply = post_json(clave.url, text)  # the file's own bytes, tabs and all
@@ -130,9 +124,9 @@ def _encoder_error(typed: Any) -> RequestError:
     return err.value
 
 
-@pytest.mark.parametrize("name", _files("clef/eip712"))
-def test_clef_eip712_file(clave: ClaveProcess, vectors: Path, known: tuple[bytes, str], name: str) -> None:
-    path = vectors / "clef" / "eip712" / name
+@pytest.mark.parametrize("name", names("clef/eip712"))
+def test_clef_eip712_file(clave: ClaveProcess, known: tuple[bytes, str], name: str) -> None:
+    path = vector(f"clef/eip712/{name}")
     text = path.read_bytes()
     typed = json.loads(text)
     key, address = known
@@ -163,8 +157,8 @@ def test_clef_eip712_file(clave: ClaveProcess, vectors: Path, known: tuple[bytes
 # --- clef/extapi_vectors.json -------------------------------------------------------------------------------
 
 
-def _cases(vectors: Path) -> list[dict[str, Any]]:
-    return json.loads((vectors / "clef" / "extapi_vectors.json").read_text())["cases"]
+def _cases() -> list[dict[str, Any]]:
+    return json.loads(vector("clef/extapi_vectors.json").read_text())["cases"]
 
 
 def _raw_ipc(path: Path, payload: bytes) -> bytes:
@@ -190,9 +184,9 @@ def _raw_http(url: str, payload: bytes) -> bytes:
         return response.read()
 
 
-def test_extapi_vectors_byte_exact(clave: ClaveProcess, vectors: Path, tmp_path: Path) -> None:
+def test_extapi_vectors_byte_exact(clave: ClaveProcess, tmp_path: Path) -> None:
     checked = 0
-    for case in _cases(vectors):
+    for case in _cases():
         if "key" not in case or "request" not in case:
             continue
         import_key(clave, bytes.fromhex(case["key"]), tmp_path)
@@ -216,8 +210,8 @@ def test_extapi_vectors_byte_exact(clave: ClaveProcess, vectors: Path, tmp_path:
     assert checked >= 6
 
 
-def test_extapi_recover_only_and_version(clave: ClaveProcess, vectors: Path, tmp_path: Path) -> None:
-    cases = {c["name"]: c for c in _cases(vectors)}
+def test_extapi_recover_only_and_version(clave: ClaveProcess, tmp_path: Path) -> None:
+    cases = {c["name"]: c for c in _cases()}
     recover = next(c for c in cases.values() if "expect_signer" in c)
     content_type, address, data = recover["request"]["params"]
     assert content_type == "data/plain"
@@ -240,9 +234,8 @@ def test_extapi_recover_only_and_version(clave: ClaveProcess, vectors: Path, tmp
 # --- geth/eip712/typed-data.json -----------------------------------------------------------------------------
 
 
-def test_geth_typed_data_digests_over_the_wire(clave: ClaveProcess, vectors: Path, known: tuple[bytes, str],
-                                               peer: IpcPeer) -> None:
-    cases = json.loads((vectors / "geth" / "eip712" / "typed-data.json").read_text())
+def test_geth_typed_data_digests_over_the_wire(clave: ClaveProcess, known: tuple[bytes, str], peer: IpcPeer) -> None:
+    cases = json.loads(vector("geth/eip712/typed-data.json").read_text())
     assert len(cases) == 123
     key, address = known
     typed_calls, data_calls, expected = [], [], {}

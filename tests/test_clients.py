@@ -14,6 +14,7 @@ from eth_account.typed_transactions.blob_transactions import blob_transaction as
 
 from tests.clients import KNOWN_SECRETS, blob_network_form, import_key, run, send_and_mine
 from tests.stack import Anvil, ClaveProcess
+from tests.vectors import vector
 
 CHAIN = 31337
 RECIPIENT = "0x703c4b2bD70c169f5717101CaeE543299Fc946C7"
@@ -176,8 +177,8 @@ def test_not_exportable_refused(clave: ClaveProcess, tmp_path: Path) -> None:
     assert not (tmp_path / "x.json").exists()
 
 
-def test_imported_vector_key_signs_published_vectors(clave: ClaveProcess, vectors: Path, tmp_path: Path) -> None:
-    cases = json.loads((vectors / "clef" / "extapi_vectors.json").read_text())["cases"]
+def test_imported_vector_key_signs_published_vectors(clave: ClaveProcess, tmp_path: Path) -> None:
+    cases = json.loads(vector("clef/extapi_vectors.json").read_text())["cases"]
     checked = 0
     for case in cases:
         if "key" not in case or "request" not in case:

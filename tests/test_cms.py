@@ -11,7 +11,6 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,20 +28,25 @@ from clave.enclave.nitro.cms import (
     open_enveloped_data,
     parse_enveloped_data,
 )
+from tests.vectors import available, vector
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-CMS_VECTORS = VECTORS / "nitro" / "kms_cms_envelopes.json"
+CMS_VECTORS = "nitro/kms_cms_envelopes.json"
 
 
 def _load_cases() -> list[dict[str, str]]:
-    if not CMS_VECTORS.is_file():
+    if not available(CMS_VECTORS):
         return []
-    cases: list[dict[str, str]] = json.loads(CMS_VECTORS.read_text())["cases"]
+    cases: list[dict[str, str]] = json.loads(vector(CMS_VECTORS).read_text())["cases"]
     return cases
 
 
+@pytest.fixture(scope="module")
+def cms_vectors() -> None:
+    vector(CMS_VECTORS)  # skipped when absent, a failure in CI (tests/vectors.py)
+
+
 CASES = _load_cases()
-needs_vectors = pytest.mark.skipif(not CASES, reason=f"KMS CMS vectors not found at {CMS_VECTORS}")
+needs_vectors = pytest.mark.usefixtures("cms_vectors")
 case_params = pytest.mark.parametrize(
     "case", CASES or [{}], ids=[c.get("name", "none") for c in CASES] or ["none"]
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,22 +20,15 @@ from clave.core.eth import rlp as our_rlp
 from clave.core.eth.hashing import keccak256
 from clave.core.eth.transactions import check_tx, encode_signed, signing_preimage, tx_hash
 from clave.core.eth.txjson import geth_tx_json, parse_geth_tx_json
+from tests.vectors import available, vector
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
 KEY = bytes.fromhex("b71c71a67e1177ad4e901695e1b4b9ee17ae16c6668d313eac2f96dbcda3f291")
 
 
-def _vectors(rel: str) -> Path:
-    path = VECTORS / rel
-    if not path.exists():
-        pytest.skip(f"shared test vectors not found at {path} (expected ../shared/vectors next to the repo)")
-    return path
-
-
 def _extapi_tx_cases() -> list[dict[str, Any] | None]:
-    path = VECTORS / "clef" / "extapi_vectors.json"
-    if not path.exists():
+    if not available("clef/extapi_vectors.json"):
         return []
+    path = vector("clef/extapi_vectors.json")
     cases = json.loads(path.read_text())["cases"]
     return [c for c in cases if c.get("request", {}).get("method") == "account_signTransaction"]
 
@@ -97,7 +89,7 @@ def compact(obj: object) -> str:
     "case", _extapi_tx_cases() or [None], ids=lambda c: c["name"][:60] if c else "absent"
 )
 def test_extapi_vectors(case: dict[str, Any] | None) -> None:
-    _vectors("clef/extapi_vectors.json")
+    vector("clef/extapi_vectors.json")
     assert case is not None
     tx = tx_from_request(case["request"]["params"][0])
     y, r, s = sign(signing_preimage(tx), bytes.fromhex(case["key"]))
@@ -114,7 +106,7 @@ def test_extapi_vectors(case: dict[str, Any] | None) -> None:
 
 @pytest.mark.parametrize("name", ["sign_normal_exp_ok.json", "sign_1559_tx.json"])
 def test_clef_sign_requests_match_eth_account(name: str) -> None:
-    args = json.loads(_vectors(f"clef/sign_requests/{name}").read_text())["params"][0]
+    args = json.loads(vector(f"clef/sign_requests/{name}").read_text())["params"][0]
     tx = tx_from_request(args)
     y, r, s = sign(signing_preimage(tx))
     expected = Account.sign_transaction(to_eth_account(tx), KEY)
@@ -132,7 +124,7 @@ def test_clef_sign_requests_match_eth_account(name: str) -> None:
     ],
 )
 def test_clef_sign_requests_missing_fee_refused(name: str, message: str) -> None:
-    args = json.loads(_vectors(f"clef/sign_requests/{name}").read_text())["params"][0]
+    args = json.loads(vector(f"clef/sign_requests/{name}").read_text())["params"][0]
     with pytest.raises(RequestError) as e:
         signing_preimage(tx_from_request(args))
     assert e.value.message == message

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,31 +20,23 @@ from clave.core.eth.typed_data import (
     hash_struct,
     typed_data_preimage,
 )
+from tests.vectors import ABSENT, available, names, vector
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
-GETH_CASES = VECTORS / "geth" / "eip712" / "typed-data.json"
-CLEF_DIR = VECTORS / "clef" / "eip712"
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared test vectors not found at {path} (expected ../shared/vectors next to the repo)")
-    return path
+GETH_CASES = "geth/eip712/typed-data.json"
+CLEF_DIR = "clef/eip712"
 
 
 def _geth_cases() -> list[dict[str, Any] | None]:
-    return json.loads(GETH_CASES.read_text()) if GETH_CASES.exists() else []
+    return json.loads(vector(GETH_CASES).read_text()) if available(GETH_CASES) else []
 
 
 def _clef_files(expfail: bool) -> list[str]:
-    if not CLEF_DIR.exists():
-        return []
-    return sorted(p.name for p in CLEF_DIR.glob("*.json") if p.name.startswith("expfail_") == expfail)
+    return [n for n in names(CLEF_DIR) if n != ABSENT and n.startswith("expfail_") == expfail]
 
 
 @pytest.mark.parametrize("case", _geth_cases() or [None], ids=lambda c: c["name"] if c else "absent")
 def test_geth_typed_data_vectors(case: dict[str, Any] | None) -> None:
-    _need(GETH_CASES)
+    vector(GETH_CASES)
     assert case is not None
     typed = {
         "types": case["types"],
@@ -58,7 +49,7 @@ def test_geth_typed_data_vectors(case: dict[str, Any] | None) -> None:
 
 
 def test_geth_vectors_count() -> None:
-    assert len(json.loads(_need(GETH_CASES).read_text())) == 123
+    assert len(json.loads(vector(GETH_CASES).read_text())) == 123
 
 
 def _integral_floats_to_int(obj: Any) -> Any:
@@ -74,7 +65,7 @@ def _integral_floats_to_int(obj: Any) -> Any:
 
 @pytest.mark.parametrize("name", _clef_files(expfail=False) or ["absent"])
 def test_clef_files_encode_like_eth_account(name: str) -> None:
-    typed = json.loads(_need(CLEF_DIR / name).read_text())
+    typed = json.loads(vector(f"{CLEF_DIR}/{name}").read_text())
     preimage = typed_data_preimage(typed)
     m = encode_typed_data(full_message=_integral_floats_to_int(typed))
     assert preimage == b"\x19" + m.version + m.header + m.body
@@ -96,14 +87,14 @@ EXPECTED_FAILURES = {
 
 @pytest.mark.parametrize("name", _clef_files(expfail=True) or ["absent"])
 def test_clef_expfail_files_are_refused(name: str) -> None:
-    typed = json.loads(_need(CLEF_DIR / name).read_text())
+    typed = json.loads(vector(f"{CLEF_DIR}/{name}").read_text())
     with pytest.raises(RequestError) as e:
         typed_data_preimage(typed)
     assert e.value.message == EXPECTED_FAILURES[name]
 
 
 def test_clef_readme_signature() -> None:
-    path = _need(VECTORS / "clef" / "extapi_vectors.json")
+    path = vector("clef/extapi_vectors.json")
     case = next(
         c for c in json.loads(path.read_text())["cases"] if c["request"]["method"] == "account_signTypedData"
     )

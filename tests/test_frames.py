@@ -76,7 +76,7 @@ async def test_socketpair_errors_never_crash(service: EnclaveService) -> None:
     await asyncio.wait_for(task2, 5)
 
 
-async def test_unix_client_multiplexes_out_of_order(service: EnclaveService, tmp_path: Path) -> None:
+async def test_unix_client_multiplexes_out_of_order(service: EnclaveService, tmp_path: Path, inline_kdf: None) -> None:
     address = parse_address(f"unix:{tmp_path / 'enclave.sock'}")
     server = await start_server(address, FrameServer(service).handle_connection)
     client = EnclaveClient(address)

@@ -19,6 +19,8 @@ from eth_account.messages import encode_defunct
 
 from tests.stack import ClaveProcess, RpcFailure, get_text
 
+pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
+
 WORKERS = 3
 CALLS = 60  # new connections per check; all landing on one of 3 processes has odds of about 3 * (2/3)^60
 

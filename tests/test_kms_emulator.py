@@ -37,9 +37,10 @@ from clave.enclave.nitro import nsm as nsm_api
 from clave.enclave.nitro.cms import open_enveloped_data, parse_enveloped_data
 from clave.sidecar.trust.attestation import load_root
 from clave.sidecar.trust.kms import KmsRefused, KmsSealing, _map_error, key_policy, make_kms_client
+from tests.vectors import vector
 
 REPO = Path(__file__).resolve().parents[1]
-CMS_VECTORS = REPO.parent / "shared" / "vectors" / "nitro" / "kms_cms_envelopes.json"
+CMS_VECTORS = "nitro/kms_cms_envelopes.json"
 ROLE = "arn:aws:iam::111122223333:role/clave-enclave"
 OTHER_PCR = "ab" * 48
 
@@ -262,9 +263,7 @@ def _mask(blob: bytes, parts: dict[str, bytes]) -> bytes:
 def test_envelope_is_byte_shaped_like_real_kms(
     rsa_key: rsa.RSAPrivateKey, case: int, constructed: bool
 ) -> None:
-    if not CMS_VECTORS.is_file():
-        pytest.skip(f"vectors not found at {CMS_VECTORS}")
-    real_case = json.loads(CMS_VECTORS.read_text())["cases"][case]
+    real_case = json.loads(vector(CMS_VECTORS).read_text())["cases"][case]
     real = bytes.fromhex(real_case["input_ber"])
     real_parts = {k: bytes.fromhex(real_case[k]) for k in ("encrypted_key", "iv", "ciphertext")}
     plaintext_len = len(real_parts["ciphertext"]) - 1  # any length that pads to the same size
@@ -477,6 +476,12 @@ def test_key_policy_refuses_what_would_release_keys_to_anyone() -> None:
 # --- the process: readiness line, SIGTERM, restart ---------------------------------------------------------
 
 
+def _child_env() -> dict[str, str]:
+    """This checkout's src/ first, so the child runs the code under test whatever is installed."""
+    paths = [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def _start(datadir: Path, root: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [
@@ -496,7 +501,7 @@ def _start(datadir: Path, root: Path) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=_child_env(),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -512,6 +517,7 @@ def _stop(proc: subprocess.Popen[str]) -> int:
     return proc.wait(timeout=10)
 
 
+@pytest.mark.slow  # the emulator as a process
 async def test_keys_and_blobs_survive_a_restart(
     tmp_path: Path, nsm: SoftwareNsm, nsm_state: Path, rsa_key: rsa.RSAPrivateKey
 ) -> None:
@@ -547,6 +553,7 @@ async def test_keys_and_blobs_survive_a_restart(
         assert _stop(proc) == 0
 
 
+@pytest.mark.slow  # the emulator as a process
 def test_bad_root_file_exits_with_a_message(tmp_path: Path) -> None:
     missing = subprocess.run(
         [
@@ -562,6 +569,6 @@ def test_bad_root_file_exits_with_a_message(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=_child_env(),
     )
     assert missing.returncode == 1 and "kms-emulator:" in missing.stderr

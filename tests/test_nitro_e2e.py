@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import ROOT
 from tests.stack import ClaveProcess, free_port
+from tests.vectors import vector
 
 pytestmark = pytest.mark.slow
 
@@ -162,8 +163,8 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
         emulator.wait(10)
 
 
-def test_attest_verify_cli_on_the_real_aws_document(vectors: Path) -> None:
-    nitro = vectors / "nitro"
+def test_attest_verify_cli_on_the_real_aws_document() -> None:
+    nitro = vector("nitro")
     base = [sys.executable, "-m", "clave.cli", "attest", "verify", "--root", str(nitro / "aws_nitro_root_g1.pem"),
             "--aws-root", "--at", "1668034320696"]
     good = subprocess.run([*base, str(nitro / "aws_nitro_document.cbor")], capture_output=True, text=True)

@@ -7,9 +7,12 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.stack import ClaveProcess, RpcFailure, get_text
+
+pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

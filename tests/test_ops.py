@@ -37,6 +37,8 @@ import pytest
 from tests.stack import ClaveProcess, free_port, post_json
 from tests.test_validator import check_opera_keyfile
 
+pytestmark = pytest.mark.slow  # ansible, pip wheels, systemd-analyze and `clave up` processes
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PASSWORD = "ops-test validator password Zq8"  # may appear only in the password files (and the FIFO)
@@ -135,7 +137,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    # copied so the build leaves nothing in the checkout
+    # src/ is copied so the build leaves nothing in the checkout.
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = base / "wheels"
     start = time.monotonic()

@@ -16,6 +16,9 @@ from eth_account.messages import encode_defunct
 
 from tests.clients import light_keyfile
 from tests.stack import ClaveProcess, RpcFailure
+from tests.vectors import vector
+
+pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
 
 GOOD = {
     "UTC--2016-03-22T12-57-55.920751759Z--7ef5a6135f1fd6a02593eedc869c6d41d934aef8": "0x7ef5a6135f1fd6a02593eedc869c6d41d934aef8",
@@ -29,9 +32,9 @@ def _record_count(clave: ClaveProcess) -> int:
         return int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
 
-def test_import_geth_keystore_directory(clave: ClaveProcess, vectors: Path, tmp_path: Path) -> None:
+def test_import_geth_keystore_directory(clave: ClaveProcess, tmp_path: Path) -> None:
     keystore = tmp_path / "keystore"
-    shutil.copytree(vectors / "geth" / "keystore", keystore)
+    shutil.copytree(vector("geth/keystore"), keystore)
     (keystore / "swapfile~").write_text("{}")  # geth skips backups; the vector dir cannot hold one
     password = tmp_path / "pw"
     password.write_text("foobar\n")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,15 +17,13 @@ from clave.sidecar.requests.signdata import (
     parse_media_type,
     parse_sign_data,
 )
+from tests.vectors import vector
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "clef"
 VALIDATOR = "0x" + "ab" * 20
 
 
 def _cases() -> dict[str, dict[str, Any]]:
-    if not VECTORS.is_dir():
-        pytest.skip(f"published vectors not found at {VECTORS}")
-    return {c["name"]: c for c in json.loads((VECTORS / "extapi_vectors.json").read_text())["cases"]}
+    return {c["name"]: c for c in json.loads(vector("clef/extapi_vectors.json").read_text())["cases"]}
 
 
 def _error(content_type: str, data: Any) -> str:

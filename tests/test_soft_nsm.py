@@ -26,9 +26,9 @@ from clave.dev.soft_nsm import SoftwareNsm, measure_code, root_pem
 from clave.enclave.nitro import nsm as api
 from clave.enclave.nitro.nsm import NSM_IOCTL_RAW, DeviceNsm, NsmError, NsmRaw
 from clave.sidecar.trust.attestation import AttestationError, load_root, verify_attestation
+from tests.vectors import vector
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "nitro"
-REAL_DOC = VECTORS / "aws_nitro_document.cbor"
+REAL_DOC = "nitro/aws_nitro_document.cbor"
 NINE_KEYS = [
     "module_id",
     "digest",
@@ -94,9 +94,7 @@ def test_document_has_nitros_exact_cose_shape(nsm: SoftwareNsm) -> None:
 
 
 def test_key_order_and_envelope_match_a_real_nitro_document(nsm: SoftwareNsm) -> None:
-    if not REAL_DOC.is_file():
-        pytest.skip(f"vectors not found at {VECTORS}")
-    real = REAL_DOC.read_bytes()
+    real = vector(REAL_DOC).read_bytes()
     mine = api.attestation(nsm, nonce=b"n" * 32, user_data=b"u" * 32)
     real_env, my_env = cbor2.loads(real), cbor2.loads(mine)
     assert real[:6] == mine[:6]  # 84 44 a1013822
@@ -196,9 +194,7 @@ def test_the_default_measures_exactly_the_image_files(nsm: SoftwareNsm, tmp_path
 
 
 def test_pcr4_is_computed_as_nitro_does_from_the_instance_id(tmp_path: Path) -> None:
-    if not REAL_DOC.is_file():
-        pytest.skip(f"vectors not found at {VECTORS}")
-    real = cbor2.loads(cbor2.loads(REAL_DOC.read_bytes())[2])
+    real = cbor2.loads(cbor2.loads(vector(REAL_DOC).read_bytes())[2])
     instance_id = real["module_id"].split("-enc")[0]
     mine = SoftwareNsm(tmp_path / "s", instance_id=instance_id, clock=Clock())
     assert mine.pcrs[4] == real["pcrs"][4]  # the hardware's own value for that instance

@@ -15,6 +15,8 @@ from eth_account.messages import encode_defunct
 
 from tests.stack import ClaveProcess, RpcFailure, post_json
 
+pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
+
 
 def ipc_call(path: Path, message: dict | list | bytes, *, timeout: float = 30) -> object:
     with socket.socket(socket.AF_UNIX) as s:

@@ -176,6 +176,7 @@ def test_opera_methods_are_ipc_only(clave: ClaveProcess) -> None:
         assert err.value.code == -32601
 
 
+@pytest.mark.slow  # starts processes itself
 def test_backup_survives_restart(tmp_path: Path) -> None:
     proc = ClaveProcess(tmp_path / "clave")
     proc.start()
@@ -213,6 +214,7 @@ def _read_with_timeout(path: Path, timeout: float = 10.0) -> str:
     return box[0]
 
 
+@pytest.mark.slow  # starts processes itself
 def test_password_fifo_serves_every_reader_until_sigterm(tmp_path: Path) -> None:
     password = "fifo password 7 \u00fc"
     (tmp_path / "pw").write_text(password + "\nignored\n")
@@ -241,6 +243,7 @@ def test_password_fifo_serves_every_reader_until_sigterm(tmp_path: Path) -> None
     assert not fifo.exists(), "the FIFO is removed on stop"
 
 
+@pytest.mark.slow  # starts processes itself
 def test_password_fifo_refuses_to_replace_a_file(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("x\n")
     (tmp_path / "password").write_text("not a fifo")

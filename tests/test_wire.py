@@ -35,7 +35,7 @@ from tests.clients import KNOWN_SECRETS, import_key
 from tests.ipc_peer import IpcPeer, go_json, result_of
 from tests.stack import ClaveProcess, RpcFailure, post_json
 
-pytestmark = pytest.mark.clients
+pytestmark = [pytest.mark.clients, pytest.mark.slow]  # `clave up` processes, one started here
 
 RECIPIENT = "0x703c4b2bD70c169f5717101CaeE543299Fc946C7"
 UNKNOWN = "0x" + "5a" * 20
