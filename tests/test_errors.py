@@ -92,6 +92,7 @@ def test_datadir_lock_is_an_infra_error(tmp_path: Path) -> None:
     assert e.value.message == f"another clave is already running on {tmp_path} (lock {tmp_path / 'clave.lock'} is held)"
 
 
+@pytest.mark.slow
 def test_cli_prints_message_and_remedy(tmp_path: Path) -> None:
     with datadir_lock(tmp_path):
         done = subprocess.run(

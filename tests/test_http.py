@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from clave.core.errors import InfraError
+from clave.core.errors import ConfigError, InfraError
 from clave.sidecar.rpc.dispatch import CallContext, Dispatcher, Method
 from clave.sidecar.transports.http import MAX_BODY, HttpConfig, host_allowed, make_http_app
 from tests.inproc import running_stack
@@ -199,6 +199,6 @@ async def test_the_wiring_reads_the_token_file(tmp_path: Path) -> None:
         assert response.status == 200 and (await response.json())["result"] == "6.1.0"
         assert await stack.rpc("account_version") == "6.1.0", "IPC needs no token: the socket is 0600"
     token_file.write_text("\n")
-    with pytest.raises(SystemExit, match="auth token file is empty"):
+    with pytest.raises(ConfigError, match="auth token file is empty"):
         async with running_stack(tmp_path / "empty", auth_token_file=token_file):
             pass
