@@ -21,6 +21,8 @@ from eth_keyfile import create_keyfile_json, decode_keyfile_json
 from eth_utils import keccak, to_checksum_address
 
 from clave.core.envelope import seal_to
+from clave.enclave import kdf_pool
+from clave.enclave.server import SLOW_METHODS
 from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
 from tests.inproc import Stack, running_stack
 from tests.stack import RpcFailure
@@ -307,9 +309,6 @@ async def test_metrics_count_signatures_refusals_and_requests(stack: Stack, acco
     assert health["store_reachable"] is True and health["last_error"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: the enclave adds an imported key to its table before the sidecar finds it is a duplicate, so a "
-    "refused second import replaces the key's exportable flag (and origin) in the enclave until it restarts"))
 async def test_a_refused_duplicate_import_changes_nothing(stack: Stack) -> None:
     key = keccak(b"clave test_methods duplicate import")
     address = Account.from_key(key).address.lower()
@@ -344,3 +343,15 @@ async def test_validator_key_new_and_restore(stack: Stack) -> None:
         -32602, "invalid argument 0: expected a 0xc004… validator public key")
     assert await _failure(stack, "clave_validatorNew", "0x" + seal_to(public_key, {"password": ""}).hex()) == (
         -32602, "envelope must carry a non-empty password")
+
+
+async def test_validator_scrypt_runs_off_the_signing_path(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validator keyfiles take a full-strength scrypt (~0.8 s): the frame server must not run them inline
+    with signatures, and the work goes to the keyfile pool like imports and exports do."""
+    assert {"validator_new", "validator_keyfile"} <= SLOW_METHODS
+    pooled: list[str] = []
+    inline_run = kdf_pool.run
+    monkeypatch.setattr(kdf_pool, "run", lambda fn, *args: pooled.append(fn.__name__) or inline_run(fn, *args))
+    public_key = await _enclave_key(stack)
+    await stack.rpc("clave_validatorNew", "0x" + seal_to(public_key, {"password": "pooled pw"}).hex())
+    assert pooled == ["opera_keyfile"]

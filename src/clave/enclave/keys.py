@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 from coincurve import PrivateKey
 
-from clave.core.errors import UnknownAccount
+from clave.core.errors import RequestError, UnknownAccount
 from clave.core.eth.secp256k1 import SECP256K1_N, address_of
 
 RandomSource = Callable[[int], bytes]
@@ -83,6 +83,10 @@ class KeyTable:
         key = key_from_secret(secret)
         loaded = LoadedKey(address_of(key.public_key), secret, origin, exportable, key)
         with self._lock:
+            # A loaded key is never replaced: a second import must not change its origin or exportability
+            # (a caller that reaches the enclave directly would otherwise make any key exportable).
+            if loaded.address in self._keys:
+                raise RequestError(f"account already exists: 0x{loaded.address.hex()}")
             self._keys[loaded.address] = loaded
         return loaded
 

@@ -26,6 +26,7 @@ from eth_keyfile import create_keyfile_json
 
 from clave.core.errors import InvalidParams
 from clave.core.eth.secp256k1 import address_of
+from clave.enclave import kdf_pool
 from clave.enclave.keys import generate_secret, key_from_secret
 from clave.enclave.sealing import RECORD_VERSION, RecordMeta, SealError, seal
 from clave.enclave.state import EnclaveState
@@ -109,7 +110,8 @@ def validator_new(state: EnclaveState, params: dict[str, Any]) -> dict[str, Any]
     password = _password(state, params)
     secret = generate_secret(state.random)
     record = seal_validator(master, secret, state.now())
-    return {"record": record, "pubkey": opera_pubkey(PrivateKey(secret)), "keyfile": opera_keyfile(secret, password)}
+    keyfile = kdf_pool.run(opera_keyfile, secret, password)
+    return {"record": record, "pubkey": opera_pubkey(PrivateKey(secret)), "keyfile": keyfile}
 
 
 def validator_keyfile(state: EnclaveState, params: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def validator_keyfile(state: EnclaveState, params: dict[str, Any]) -> dict[str, 
     master = state.master()
     password = _password(state, params)
     secret = unseal_validator(master, params.get("record"))
-    return {"pubkey": opera_pubkey(PrivateKey(secret)), "keyfile": opera_keyfile(secret, password)}
+    return {"pubkey": opera_pubkey(PrivateKey(secret)), "keyfile": kdf_pool.run(opera_keyfile, secret, password)}
 
 
 def validator_handlers(state: EnclaveState) -> dict[str, Callable[[dict[str, Any]], Any]]:
