@@ -26,7 +26,6 @@ from clave.sidecar.requests.txargs import (
     ethapi_tx_type,
     parse_send_tx_args,
     parse_transaction_args,
-    verify_selector,
 )
 from tests.vectors import available, names, vector
 
@@ -349,38 +348,6 @@ def test_calldata_with_selector():
     )
     [_, (kind, text)] = _messages({**LEGACY, "data": SAFE_SEND + "00"}, "safeSend(address)")
     assert text.endswith("invalid call data; length should be a multiple of 32 bytes (was 33)")
-
-
-def test_selector_parser_errors():
-    def why(selector: str) -> str:
-        try:
-            verify_selector(selector, bytes.fromhex(SAFE_SEND[2:]))
-        except Exception as exc:
-            return str(exc)
-        return ""
-
-    assert why("1f()") == "failed to parse selector: failed to parse selector '1f()': invalid token start: 1"
-    assert (
-        why("f(uint256")
-        == "failed to parse selector: failed to parse selector 'f(uint256': expected ')', got ''"
-    )
-    assert why("f(uint256[)") == (
-        "failed to parse selector: failed to parse selector 'f(uint256[)': failed to parse type: "
-        "failed to parse array: expected ']', got u"
-    )
-    assert why("f()x") == "failed to parse selector: failed to parse selector 'f()x': unexpected string 'x'"
-    assert why("") == "failed to parse selector: failed to parse selector '': empty token"
-    assert why("safeSend(address)") == ""
-
-
-def test_tuple_selector_round_trip():
-    import eth_abi
-
-    data = keccak(text="f((uint256,address)[],bytes)")[:4] + eth_abi.encode(
-        ["(uint256,address)[]", "bytes"], [[(7, "0x" + "11" * 20)], b"\x01\x02"]
-    )
-    shown = verify_selector("f((uint256,address)[],bytes)", data)
-    assert shown == "f((uint256,address)[]: [{7 0x1111111111111111111111111111111111111111}],bytes: [1 2])"
 
 
 def test_reject_message_joins_without_space():
