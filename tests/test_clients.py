@@ -12,6 +12,7 @@ import pytest
 from eth_account import Account
 from eth_account.typed_transactions.blob_transactions import blob_transaction as eth_blob
 
+from tests.accounts import new_account
 from tests.clients import KNOWN_SECRETS, blob_network_form, import_key, run, send_and_mine
 from tests.stack import Anvil, ClaveProcess
 from tests.vectors import vector
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.clients
 
 @pytest.fixture(scope="module")
 def sender(clave: ClaveProcess, anvil: Anvil) -> str:
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     anvil.fund(address)
     return address
 
@@ -168,7 +169,7 @@ def test_export_opens_with_cast_and_signs_like_cast(clave: ClaveProcess, cast: s
 
 
 def test_not_exportable_refused(clave: ClaveProcess, tmp_path: Path) -> None:
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     pw = tmp_path / "pw"
     pw.write_text("whatever password")
     result = clave.cli("account", "export", address, "--password-file", str(pw), "--out", str(tmp_path / "x.json"))

@@ -37,6 +37,7 @@ from eth_utils import keccak, to_checksum_address
 from clave.core.eth.transactions import encode_signed
 from clave.core.eth.transactions import tx_hash as hash_of
 from clave.core.eth.txjson import parse_geth_tx_json
+from tests.accounts import new_account
 from tests.clients import blob_network_form, send_and_mine
 from tests.ipc_peer import IpcPeer, go_json
 from tests.stack import Anvil, ClaveProcess, RpcFailure
@@ -115,7 +116,7 @@ def geth(clave: ClaveProcess) -> Any:
 
 @pytest.fixture(scope="module")
 def sender(clave: ClaveProcess, anvil: Anvil) -> str:
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     anvil.fund(address, 10**21)
     return address
 

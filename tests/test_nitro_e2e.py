@@ -22,6 +22,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests.accounts import new_account
 from tests.conftest import ROOT
 from tests.stack import ClaveProcess, free_port
 from tests.vectors import vector
@@ -47,7 +48,7 @@ def test_changed_pcr0_is_refused_by_key_policy(tmp_path: Path) -> None:
     datadir = tmp_path / "data"
     clave = ClaveProcess(datadir)
     clave.start()
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     clave.stop()
     key_id = _meta(datadir, "kms_key_id").decode()
 

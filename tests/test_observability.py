@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.accounts import new_account
 from tests.stack import ClaveProcess, RpcFailure, get_text
 
 pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
@@ -30,7 +31,7 @@ def test_upcheck_healthz_metrics(clave: ClaveProcess) -> None:
     assert status == 200 and health["ready"] and health["attested"] and health["store_reachable"]
     assert health["enclave_reachable"] and health["keys_unsealed"]
 
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     before = _samples(get_text(clave.url + "/metrics")[1])
     clave.rpc("eth_sign", address, "0x01")
     try:
@@ -56,7 +57,7 @@ def test_upcheck_healthz_metrics(clave: ClaveProcess) -> None:
 
 
 def test_request_log_lines(clave: ClaveProcess) -> None:
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     clave.rpc("eth_sign", address, "0x5eedf00d5eedf00d")
     deadline = time.monotonic() + 5  # log lines are written by a background thread
     while True:

@@ -361,9 +361,10 @@ def test_sidecar_and_enclave_units(converged: Converged) -> None:
         "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes", "StateDirectory": "clave",
         "RuntimeDirectory": "clave", "CapabilityBoundingSet": "", "SystemCallFilter": "@system-service",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_VSOCK", "MemoryDenyWriteExecute": "yes",
-        "LockPersonality": "yes",
+        "LockPersonality": "yes", "UMask": "0077", "LimitCORE": "0",
     }.items():
         assert unit[key] == [value], key
+    assert directives(converged.roots["geth1"] / "etc/systemd/system/clave-enclave.service")["LimitCORE"] == ["0"]
     after = " ".join(unit["After"]).split()
     assert "clave-enclave.service" in after and "nitro-enclaves-allocator.service" in after
     argv = command_line(converged.roots["geth1"] / "etc/systemd/system/clave.service")

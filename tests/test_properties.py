@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from clave.core.eth.transactions import encode_signed
 from clave.core.eth.txjson import parse_geth_tx_json
+from tests.accounts import new_account
 from tests.clients import import_key, send_and_mine
 from tests.stack import Anvil, ClaveProcess
 
@@ -39,7 +40,7 @@ FEWER = settings(SETTINGS, max_examples=25)  # one cast process per example
 
 @pytest.fixture(scope="module")
 def tx_sender(clave: ClaveProcess, anvil: Anvil) -> str:
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     anvil.fund(address, 10**22)
     return str(address)
 

@@ -14,6 +14,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from tests.accounts import new_account
 from tests.clients import light_keyfile
 from tests.stack import ClaveProcess, RpcFailure
 from tests.vectors import vector
@@ -116,7 +117,7 @@ def test_killed_enclave_fails_fast_then_recovers(tmp_path: Path) -> None:
     clave = ClaveProcess(tmp_path / "kill")
     clave.start()
     try:
-        address = clave.rpc("account_new")
+        address = new_account(clave)
         records = _record_count(clave)
         killed = _enclave_pid(clave.datadir)
         os.kill(killed, signal.SIGKILL)
@@ -146,7 +147,7 @@ def test_restart_unseals_same_accounts(tmp_path: Path) -> None:
     clave = ClaveProcess(tmp_path / "restart")
     clave.start()
     try:
-        addresses = [clave.rpc("account_new") for _ in range(3)]
+        addresses = [new_account(clave) for _ in range(3)]
     finally:
         assert clave.stop() == 0  # SIGTERM stops cleanly
     clave.start()

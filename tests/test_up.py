@@ -13,6 +13,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from tests.accounts import new_account
 from tests.stack import ClaveProcess, RpcFailure, post_json
 
 pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
@@ -65,12 +66,12 @@ def test_account_new_and_list(clave: ClaveProcess) -> None:
     assert address in clave.rpc("eth_accounts")
     listed = clave.cli("account", "list")
     assert address[2:] in listed.stdout and "origin=generated" in listed.stdout
-    created = clave.rpc("account_new")
+    created = new_account(clave)
     assert created in clave.rpc("account_list")
 
 
 def test_eth_sign_recovers(clave: ClaveProcess) -> None:
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     message = b"clave says hello"
     signature = clave.rpc("eth_sign", address, "0x" + message.hex())
     assert int(signature[-2:], 16) in (27, 28)
@@ -81,7 +82,7 @@ def test_eth_sign_recovers(clave: ClaveProcess) -> None:
 
 
 def test_ipc_batch_and_concurrency(clave: ClaveProcess) -> None:
-    address = clave.rpc("account_new")
+    address = new_account(clave)
     batch = [
         {"jsonrpc": "2.0", "id": i, "method": "eth_sign", "params": [address, "0x" + bytes([i]).hex()]}
         for i in range(20)

@@ -31,6 +31,7 @@ from clave.core.envelope import seal_to
 from clave.core.eth.transactions import encode_signed
 from clave.core.eth.txjson import parse_geth_tx_json
 from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
+from tests.accounts import new_account
 from tests.clients import KNOWN_SECRETS, import_key
 from tests.ipc_peer import IpcPeer, go_json, result_of
 from tests.stack import ClaveProcess, RpcFailure, post_json
@@ -68,7 +69,7 @@ def _http(url: str, method: str = "POST", body: bytes | None = None, headers: di
 
 @pytest.fixture(scope="module")
 def account(clave: ClaveProcess) -> str:
-    return str(clave.rpc("account_new"))
+    return str(new_account(clave))
 
 
 @pytest.fixture(scope="module")

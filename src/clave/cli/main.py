@@ -6,6 +6,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,12 +48,21 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log.json", dest="log_json", action="store_true", help="log JSON lines")
     parser.add_argument("--http.workers", dest="http_workers", type=_workers, default=1,
                         help="processes serving HTTP on the same port (default 1; one per core for throughput)")
+    parser.add_argument("--http.read-timeout", dest="http_read_timeout", type=_seconds, default=30.0,
+                        help="seconds a client has to send a request's headers, and then its body (default 30)")
 
 
 def _workers(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 64:
         raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 3600 seconds")
     return value
 
 
@@ -81,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         log_json=args.log_json,
         tx_fee_cap_wei=int(args.txfeecap * 10**18),
         http_workers=args.http_workers,
+        http_read_timeout=args.http_read_timeout,
     )
 
 
@@ -89,6 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from clave.sidecar.observe.logs import setup_logging
 
     config = config_from_args(args)
+    os.umask(0o077)  # what it creates in the datadir (store, logs, metrics, sockets) is for this user only
     setup_logging(config.log_json)
     with datadir_lock(config.datadir):
         config.export_metrics_dir()
@@ -109,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.attestation_root = Path(args.attestation_root) if args.attestation_root else None
     config.attestation_root_fingerprint = args.attestation_root_fingerprint
     config.allow_debug_enclave = args.allow_debug_enclave
+    os.umask(0o077)  # as systemd's UMask=0077 in clave.service, for runs outside it
     setup_logging(config.log_json)
     with datadir_lock(config.datadir):
         config.export_metrics_dir()
@@ -217,11 +230,56 @@ def cmd_kms_policy(args: argparse.Namespace) -> int:
 # -- account commands -------------------------------------------------------------------------------
 
 
+NEW_ACCOUNTS_PER_CALL = 1000
+
+
+class _Interrupted:
+    """SIGINT/SIGTERM while accounts are being made: finish the call in flight (its accounts are stored
+    either way) and report, instead of dying with accounts stored but never printed. A second signal
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_account_new(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        addresses = client.call("clave_newAccount", {"count": args.count, "exportable": args.exportable})
-    for address in addresses:
-        print(f"Public address of the key:   {address}")
+    """Accounts are made NEW_ACCOUNTS_PER_CALL at a time and printed as each call returns, so what is
+    printed is what is stored, also when the command is interrupted."""
+    if args.count < 1:
+        raise SystemExit("clave: --count must be at least 1")
+    done = 0
+    interrupted = _Interrupted()
+    try:
+        with connect(args) as client:
+            while done < args.count and interrupted.signal is None:
+                chunk = min(NEW_ACCOUNTS_PER_CALL, args.count - done)
+                addresses = client.call("clave_newAccount", {"count": chunk, "exportable": args.exportable})
+                for address in addresses:
+                    print(f"Public address of the key:   {address}")
+                sys.stdout.flush()
+                done += len(addresses)
+                if args.count > NEW_ACCOUNTS_PER_CALL:
+                    print(f"clave: {done} of {args.count} accounts created and stored", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print(f"clave: interrupted: {done} accounts created and stored (printed above); up to "
+              f"{min(NEW_ACCOUNTS_PER_CALL, args.count - done)} more may have been stored by the call in flight: "
+              "see `clave account list`", file=sys.stderr)
+        return 130
+    finally:
+        interrupted.restore()
+    if interrupted.signal is not None and done < args.count:
+        print(f"clave: interrupted: {done} of {args.count} accounts created and stored (printed above)", file=sys.stderr)
+        return 128 + interrupted.signal
     return 0
 
 

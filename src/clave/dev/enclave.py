@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from clave.dev.soft_nsm import SoftwareNsm
-from clave.enclave.runner import serve, setup_logging
+from clave.enclave.runner import harden, serve, setup_logging
 from clave.link import aio
 
 
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, help="unix:PATH (or vsock://CID:PORT)")
     parser.add_argument("--nsm-state", required=True, help="state directory of the software NSM")
     args = parser.parse_args(argv)
+    harden()  # before the software NSM loads its signing key, and before any account key exists
     setup_logging()
     aio.run(serve(args.listen, SoftwareNsm(Path(args.nsm_state))))
 

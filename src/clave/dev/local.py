@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import IO
 
 from clave.link import aio
+from clave.link.process import child_env
 from clave.sidecar.config import SidecarConfig
+from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.serve import run_sidecar, stop_event
 from clave.sidecar.signing.signer import AttestationConfig
 from clave.sidecar.trust.attestation import PcrPolicy, load_root
@@ -40,13 +42,17 @@ class Child:
         self.restarts = 0
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
         self._log: IO[bytes] | None = None
 
     async def start(self) -> re.Match[str]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._log = open(self.log_path, "ab")
+        self._log = open(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+        os.chmod(self.log_path, 0o600)  # one made by an older version
+        # Its own session (a Ctrl-C to `clave up` is not also a Ctrl-C to it), and CLAVE_PARENT_PID: the
+        # child asks the kernel to end it when this process exits, even by SIGKILL (link.process).
         self.process = await asyncio.create_subprocess_exec(
-            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True
+            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=self._log, start_new_session=True, env=child_env()
         )
         assert self.process.stdout is not None
         try:
@@ -63,18 +69,20 @@ class Child:
                         break
         except TimeoutError:
             raise RuntimeError(f"{self.name} was not ready within {READY_TIMEOUT:g}s (see {self.log_path})") from None
-        asyncio.create_task(self._drain(self.process))
+        process, log_file = self.process, self._log
+        self._drain_task = start_supervised(f"{self.name}-output", lambda: self._drain(process, log_file))
         return match
 
-    async def _drain(self, process: asyncio.subprocess.Process) -> None:
+    async def _drain(self, process: asyncio.subprocess.Process, log_file: IO[bytes]) -> None:
         assert process.stdout is not None
         async for line in process.stdout:
-            if self._log is not None:
-                self._log.write(line)
-                self._log.flush()
+            log_file.write(line)
+            log_file.flush()
+        if log_file is not self._log:
+            log_file.close()  # a restarted child writes to a file object of its own
 
     def supervise(self) -> None:
-        self._supervisor = asyncio.create_task(self._watch())
+        self._supervisor = start_supervised(f"{self.name}-supervisor", self._watch)
 
     async def _watch(self) -> None:
         delay = 0.2
@@ -96,8 +104,9 @@ class Child:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
+        for task in (self._supervisor, self._drain_task):
+            if task is not None:
+                task.cancel()
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -13,10 +13,20 @@ from clave.enclave.nitro.nsm import Nsm
 from clave.enclave.server import FrameServer
 from clave.enclave.service import EnclaveService
 from clave.link import aio
+from clave.link.process import die_with_parent, forbid_core_dumps
 from clave.link.sockets import parse_address, start_server
 
 
+def harden() -> None:
+    """Before any key exists in this process: no core dumps and no ptrace by the same user (PR_SET_DUMPABLE
+    0, RLIMIT_CORE 0), and, when `clave up` started it, an end together with its parent (a SIGKILLed
+    `clave up` must not leave a process holding plaintext keys behind)."""
+    forbid_core_dumps()
+    die_with_parent()
+
+
 async def serve(listen: str, nsm: Nsm) -> None:
+    harden()  # again, for callers that did not start at main(): it is idempotent
     service = EnclaveService(nsm)
     server = await start_server(parse_address(listen), FrameServer(service).handle_connection)
     stop = asyncio.Event()
@@ -38,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="clave-enclave")
     parser.add_argument("--listen", required=True, help="vsock://CID:PORT or unix:PATH")
     args = parser.parse_args(argv)
+    harden()
     from clave.enclave.nitro.nsm import DeviceNsm
 
     setup_logging()

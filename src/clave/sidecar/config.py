@@ -33,6 +33,7 @@ class SidecarConfig:
     log_json: bool = False
     tx_fee_cap_wei: int = 10**18
     http_workers: int = 1  # processes serving HTTP on one port (SO_REUSEPORT); the first also does IPC
+    http_read_timeout: float = 30.0  # seconds for a request's headers (from connect) and for its body
 
     @property
     def metrics_dir(self) -> Path:

@@ -21,10 +21,11 @@ from clave.sidecar.rpc.methods import build_methods
 from clave.sidecar.signing.enclave_client import EnclaveClient
 from clave.sidecar.signing.signer import AttestationConfig, FollowerSigner, SealingProvider, Signer
 from clave.sidecar.store.records import SqliteStore
-from clave.sidecar.transports.http import HttpConfig, make_http_app
+from clave.sidecar.transports.http import HttpConfig, make_http_app, start_runner
 from clave.sidecar.transports.ipc import IpcServer
 
 log = logging.getLogger("clave.sidecar")
+REFUSED_SHOWN = 100  # refused records listed by /healthz; `unseal_failures` counts them all
 request_log = logging.getLogger("clave.request")
 
 
@@ -89,8 +90,7 @@ class Sidecar:
             await self.ipc.start()
 
     async def serve_http(self, app: web.Application) -> None:
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await self.runner.setup()
+        self.runner = await start_runner(app)
         # With workers, every process listens on the same port and the kernel spreads connections over them.
         shared = self.config.http_workers > 1
         site = web.TCPSite(
@@ -148,6 +148,7 @@ def build_sidecar(
             provision_key=provision_key,
             repin_key=repin_key,
         )
+    signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
     methods = build_methods(signer, config, metrics)
 
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
@@ -189,22 +190,28 @@ def build_sidecar(
         except Exception:
             store_ok = False
         age = time.time() - status.attested_at if status.attested else None
+        ready = signer.ready and store_ok
         body: dict[str, object] = {
-            "ready": signer.ready and store_ok,
+            "ready": ready,
+            # Ready, but some stored records were refused (they are listed): the other accounts sign.
+            "degraded": ready and status.unseal_failures > 0,
             "enclave_reachable": status.enclave_reachable,
             "attested": status.attested,
             "attestation_age_seconds": round(age, 1) if age is not None else None,
             "keys_unsealed": status.keys_unsealed,
             "keys_loaded": status.keys_loaded,
             "unseal_failures": status.unseal_failures,
+            "refused_records": [r.describe() for r in status.refused[:REFUSED_SHOWN]],
             "store_reachable": store_ok,
+            "task_restarts": dict(status.task_restarts),
             "last_error": status.last_error or None,
         }
-        return (200 if body["ready"] else 503), body
+        return (200 if ready else 503), body
 
     def render_metrics() -> tuple[bytes, str]:
         status = signer.status
         metrics.keys_loaded.set(status.keys_loaded)
+        metrics.records_refused.set(status.unseal_failures)
         metrics.attested.set(1 if status.attested else 0)
         if status.attested:
             metrics.attestation_age.set(time.time() - status.attested_at)
@@ -222,5 +229,6 @@ def build_sidecar(
             raise ConfigError(
                 f"{config.auth_token_file}: auth token file is empty", remedy="write the bearer token into it"
             )
-    app = make_http_app(dispatcher, HttpConfig(config.vhosts, config.cors_domains, token), health, render_metrics)
+    http_config = HttpConfig(config.vhosts, config.cors_domains, token, read_timeout=config.http_read_timeout)
+    app = make_http_app(dispatcher, http_config, health, render_metrics)
     return sidecar, app

@@ -16,6 +16,7 @@ from aiohttp import web
 from cryptography import x509
 
 from clave.dev.kmsemu.app import DEFAULT_MAX_AGE_MS, make_app
+from clave.link.process import die_with_parent, forbid_core_dumps
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +54,9 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Started by `clave up`: end with it (SIGTERM: the emulator shuts down cleanly). It holds key material.
+    die_with_parent(signal.SIGTERM)
+    forbid_core_dumps()
     args = _parse(argv)
     try:
         asyncio.run(_serve(args))

@@ -33,6 +33,15 @@ class _DeferredQueueHandler(logging.handlers.QueueHandler):
     """Hands records to the writer thread unformatted: formatting and the write() to stderr then happen
     off the event loop (the write releases the GIL), which matters at thousands of requests a second."""
 
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], writer: _WriterHandle | None = None) -> None:
+        super().__init__(records)  # type: ignore[arg-type]
+        self.writer = writer
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if self.writer is not None:
+            self.writer.ensure()
+        super().enqueue(record)
+
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         if record.exc_info:  # tracebacks are rendered here, while the exception is still alive
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -74,6 +83,7 @@ class _BatchWriter(threading.Thread):
         super().__init__(name="clave-log-writer", daemon=True)
         self.records = records
         self.formatter = formatter
+        self.stopped = False  # set when stop() ended it on purpose
 
     def run(self) -> None:
         while True:
@@ -86,7 +96,7 @@ class _BatchWriter(threading.Thread):
                     batch.append(self.records.get_nowait())
                 except queue.Empty:
                     break
-            lines = [self.formatter.format(r) for r in batch if r is not None]
+            lines = [self._format(r) for r in batch if r is not None]
             if lines:
                 try:
                     sys.stderr.write("\n".join(lines) + "\n")
@@ -94,20 +104,60 @@ class _BatchWriter(threading.Thread):
                 except (OSError, ValueError):
                     pass  # stderr closed: nothing sensible left to do with a log line
             if None in batch:
+                self.stopped = True
                 return
+
+    def _format(self, record: logging.LogRecord) -> str:
+        try:
+            return self.formatter.format(record)
+        except Exception as exc:  # one bad record (say, arguments that do not fit its format) is not fatal
+            return f"log record from {record.name} ({record.pathname}:{record.lineno}) could not be formatted: {exc!r}"
 
     def stop(self) -> None:
         self.records.put(None)
         self.join(timeout=5)
 
 
+class _WriterHandle:
+    """The running writer thread; `ensure()` starts a new one if it died (say, on an error it could not
+    catch), and the new one says so first: log lines are never silently dropped into a dead queue."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None], formatter: logging.Formatter) -> None:
+        self.records = records
+        self.formatter = formatter
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self.writer = _BatchWriter(records, formatter)
+        self.writer.start()
+
+    def ensure(self) -> None:
+        writer = self.writer
+        if writer.is_alive() or writer.stopped:
+            return
+        with self._lock:
+            if self.writer is writer:
+                self._restart()
+
+    def _restart(self) -> None:
+        self.restarts += 1
+        self.writer = _BatchWriter(self.records, self.formatter)
+        notice = logging.LogRecord(
+            "clave.logs", logging.ERROR, __file__, 0,
+            "the log writer thread died; restarted it (restart %d)", (self.restarts,), None,
+        )
+        self.records.put(notice)
+        self.writer.start()
+
+    def stop(self) -> None:
+        self.writer.stop()
+
+
 def setup_logging(json_lines: bool, level: int = logging.INFO) -> None:
     records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
-    writer = _BatchWriter(records, JsonFormatter() if json_lines else TextFormatter())
-    writer.start()
+    writer = _WriterHandle(records, JsonFormatter() if json_lines else TextFormatter())
     atexit.register(writer.stop)  # drains what is queued before the process exits
     root = logging.getLogger()
-    root.handlers[:] = [_DeferredQueueHandler(records)]
+    root.handlers[:] = [_DeferredQueueHandler(records, writer)]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)

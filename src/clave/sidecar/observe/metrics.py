@@ -45,6 +45,13 @@ class Metrics:
         self.attestation_age = Gauge(
             "clave_attestation_age_seconds", "Seconds since the last verified attestation", registry=r, multiprocess_mode=mode
         )
+        self.records_refused = Gauge(
+            "clave_sealed_records_refused", "Stored records not loaded at the last unseal (corrupt, or not this key's)",
+            registry=r, multiprocess_mode=mode,
+        )
+        self.task_restarts = Counter(
+            "clave_task_restarts", "Background tasks that died and were restarted, by task", ["task"], registry=r
+        )
         self.store_seconds = Histogram("clave_store_seconds", "Key store operation latency", ["op"], buckets=_LATENCY_BUCKETS, registry=r)
 
     def render(self) -> tuple[bytes, str]:

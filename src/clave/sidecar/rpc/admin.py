@@ -11,6 +11,10 @@ from clave.sidecar.rpc.args import hex_result, ipc_only
 from clave.sidecar.rpc.dispatch import CallContext, Method
 from clave.sidecar.signing.signer import Signer
 
+# One call holds the sidecar's reply (and the enclave's work) until it is done; `clave account new` sends
+# 1,000 per call, so a larger count is a mistake, or someone filling the store.
+MAX_NEW_ACCOUNTS = 100_000
+
 
 def admin_methods(signer: Signer) -> dict[str, Method]:
     async def clave_attest(params: list[Any], ctx: CallContext) -> str:
@@ -36,6 +40,8 @@ def admin_methods(signer: Signer) -> dict[str, Method]:
         count = options.get("count", 1)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise InvalidParams("invalid argument 0: count must be a positive integer")
+        if count > MAX_NEW_ACCOUNTS:
+            raise InvalidParams(f"invalid argument 0: count must be at most {MAX_NEW_ACCOUNTS:,} per call")
         addresses = await signer.new_accounts(count, exportable=bool(options.get("exportable", False)))
         return [hex_result(a) for a in addresses]
 

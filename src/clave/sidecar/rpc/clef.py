@@ -21,6 +21,10 @@ from clave.sidecar.rpc.dispatch import CallContext, Method
 from clave.sidecar.rpc.signing import SigningCalls
 
 EXTERNAL_API_VERSION = "6.1.0"
+ACCOUNT_NEW_OVER_HTTP = (
+    "account_new over HTTP needs --http.auth-token-file (a bearer token); "
+    "create accounts over IPC instead (clave account new)"
+)
 
 
 def gnosis_plan(safe_tx: gnosis.GnosisSafeTx, chain_ids: list[int]) -> gnosis.GnosisPlan:
@@ -54,7 +58,9 @@ def check_sign_data_payload(request: signdata.SignDataRequest) -> None:
         clique_seal_preimage(request.data)
 
 
-def clef_methods(sign: SigningCalls, chain_ids: list[int]) -> dict[str, Method]:
+def clef_methods(sign: SigningCalls, chain_ids: list[int], *, http_account_new: bool = False) -> dict[str, Method]:
+    """`http_account_new`: whether `account_new` may be called over HTTP (only when the HTTP endpoint
+    requires a bearer token); over IPC it always may."""
     signer = sign.signer
 
     def reject_if_invalid(messages: list[txargs.ValidationMessage]) -> None:
@@ -69,6 +75,9 @@ def clef_methods(sign: SigningCalls, chain_ids: list[int]) -> dict[str, Method]:
         return [hex_result(a) for a in await signer.addresses()]
 
     async def account_new(params: list[Any], ctx: CallContext) -> str:
+        if ctx.transport == "http" and not http_account_new:
+            # Without a token, anything on the host that reaches the port could fill the store with keys.
+            raise RequestError(ACCOUNT_NEW_OVER_HTTP)
         (address,) = await signer.new_accounts(1, exportable=False)
         return hex_result(address)
 

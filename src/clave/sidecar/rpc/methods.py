@@ -27,7 +27,7 @@ async def rpc_modules(params: list[Any], ctx: CallContext) -> dict[str, str]:
 def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> dict[str, Method]:
     sign = SigningCalls(signer, metrics)
     return {
-        **clef_methods(sign, config.chain_ids),
+        **clef_methods(sign, config.chain_ids, http_account_new=config.auth_token_file is not None),
         "rpc_modules": Method(rpc_modules),
         **eth_methods(sign, config.chain_ids, config.tx_fee_cap_wei),
         **admin_methods(signer),

@@ -53,7 +53,11 @@ def opera_methods(signer: Signer) -> dict[str, Method]:
         blob = await asyncio.to_thread(signer.store.get_meta, _meta_name(pubkey))
         if blob is None:
             raise RequestError(f"no sealed backup of validator key {text.lower()} in this store")
-        result = await call("validator_keyfile", {"record": cbor2.loads(blob), "envelope": args.data(params, 1)})
+        try:
+            record = cbor2.loads(blob)
+        except Exception:  # a damaged store row: say so, rather than "method handler crashed"
+            raise RequestError(f"the sealed backup of validator key {text.lower()} in this store is damaged") from None
+        result = await call("validator_keyfile", {"record": record, "envelope": args.data(params, 1)})
         if bytes(result["pubkey"]) != pubkey:
             raise RequestError("sealed validator record does not match its public key")
         return {"pubkey": "0x" + pubkey.hex(), "keyfile": str(result["keyfile"])}

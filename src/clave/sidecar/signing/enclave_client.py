@@ -34,6 +34,17 @@ class EnclaveNotReady(InfraError):
         super().__init__(f"enclave not ready: {detail}", remedy="wait for the keys to be unsealed")
 
 
+class EnclaveFailed(InfraError):
+    """The enclave answered the call with an error of its own (a handler that crashed): not the caller's
+    fault, and not a lost connection either."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"enclave error: {detail}",
+            remedy="see the enclave's log; run the sidecar and the enclave image from the same release",
+        )
+
+
 class Overloaded(InfraError):
     def __init__(self) -> None:
         super().__init__("signer overloaded", remedy="reduce the request rate or add capacity")
@@ -141,10 +152,7 @@ class EnclaveClient:
                 raise EnclaveNotReady(message)
             if isinstance(code, int) and code < 0:
                 raise RequestError(message, code=code)
-            raise InfraError(
-                f"enclave error: {message}",
-                remedy="see the enclave's log; run the sidecar and the enclave image from the same release",
-            )
+            raise EnclaveFailed(message)
         return reply.get("result")
 
     def _queue_frame(self, writer: asyncio.StreamWriter, frame: bytes) -> None:

@@ -21,13 +21,15 @@ from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
+from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.signing.enclave_client import (
     SLOW_TIMEOUT,
     EnclaveClient,
+    EnclaveFailed,
     EnclaveNotReady,
     EnclaveUnavailable,
 )
-from clave.sidecar.store.records import KeyStore, StoredRecord
+from clave.sidecar.store.records import CorruptRecord, KeyStore, StoredRecord
 from clave.sidecar.trust.attestation import AttestationDocument, PcrPolicy, verify_attestation
 
 log = logging.getLogger("clave.signer")
@@ -38,6 +40,8 @@ UNSEAL_BATCH = 5000
 GENERATE_BATCH = 5000
 BULK = 1000  # from this many new accounts on, one full collection to freeze them is worth its pause
 ATTESTATION_MAX_AGE_MS = 5 * 60 * 1000
+LOGGED_REFUSALS = 100  # refused records named one per log line; beyond that, one line with the count
+MAX_REFUSED_CALLS = 100  # single records whose unseal call failed as a whole, before blaming the enclave
 
 
 class SealingProvider(Protocol):
@@ -62,6 +66,24 @@ class Account:
     created: int
 
 
+@dataclass(frozen=True)
+class RefusedRecord:
+    """A stored record that was not loaded: `row` is its rowid in the store (its name even when its
+    address cannot be read), `address` the row's address column (b"" when unreadable)."""
+
+    row: int
+    address: bytes
+    reason: str
+
+    def describe(self) -> dict[str, object]:
+        return {"row": self.row, "address": "0x" + self.address.hex() if self.address else None, "reason": self.reason}
+
+    @classmethod
+    def from_description(cls, item: dict[str, object]) -> RefusedRecord:
+        address = item.get("address")
+        return cls(int(item["row"]), bytes.fromhex(address[2:]) if isinstance(address, str) else b"", str(item["reason"]))  # type: ignore[call-overload]
+
+
 @dataclass
 class Status:
     enclave_reachable: bool = False
@@ -72,6 +94,8 @@ class Status:
     unseal_failures: int = 0
     last_error: str = ""
     pcrs: dict[int, bytes] = field(default_factory=dict)
+    refused: list[RefusedRecord] = field(default_factory=list)  # records not loaded at the last unseal
+    task_restarts: dict[str, int] = field(default_factory=dict)  # background tasks that died and were restarted
 
 
 class Signer:
@@ -98,12 +122,14 @@ class Signer:
         self.status = Status()
         self._accounts: dict[bytes, Account] = {}
         self._position = 0  # the last store record this process has seen
-        self._failed: set[bytes] = set()  # stored records the enclave could not unseal
+        self._failed: set[bytes] = set()  # row addresses of the stored records that were refused
         self._checked_connection = 0  # the enclave connection last seen to hold every account's key
+        self._unseal_refusals = 0  # records refused alone by a failed unseal call, in this bring-up
         self._bring_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.attempted = asyncio.Event()  # set once the first bring-up attempt has finished, either way
+        self.on_task_restart: Callable[[str], None] | None = None  # the wiring counts restarts in a metric
 
     # -- bring-up --------------------------------------------------------------------------------
 
@@ -179,25 +205,70 @@ class Signer:
             await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
 
     async def _unseal(self, records: list[StoredRecord]) -> None:
+        """Hand the stored records to the enclave. A record that cannot be decoded or unsealed is refused
+        alone: it is logged and listed (by row) in the status, and every other account is loaded."""
         accounts: dict[bytes, Account] = {}
-        failed: set[bytes] = set()
+        refused: list[RefusedRecord] = []
+        self._unseal_refusals = 0
         for start in range(0, len(records), UNSEAL_BATCH):
-            batch = records[start : start + UNSEAL_BATCH]
-            result = await self.client.call("unseal", {"records": [r.sealed() for r in batch]}, timeout=SLOW_TIMEOUT)
-            loaded = set(result["loaded"])
-            for record in batch:
-                if record.address in loaded:
-                    accounts[record.address] = Account(record.address, record.origin, record.exportable, record.created)
-            for failure in result["failed"]:
-                failed.add(failure["address"])
-                log.error("sealed record 0x%s did not unseal: %s", failure["address"].hex(), failure["error"])
+            sendable: list[tuple[StoredRecord, dict[str, object]]] = []
+            for record in records[start : start + UNSEAL_BATCH]:
+                try:
+                    sendable.append((record, record.sealed()))
+                except CorruptRecord as exc:
+                    refused.append(RefusedRecord(record.position, record.address, exc.reason))
+            loaded, failed = await self._unseal_batch(sendable)
+            refused += failed
+            for record in loaded:
+                accounts[record.address] = Account(record.address, record.origin, record.exportable, record.created)
+        refused.sort(key=lambda r: r.row)
+        for item in refused[:LOGGED_REFUSALS]:
+            shown = f"0x{item.address.hex()}" if item.address else "unreadable"
+            log.error("sealed record refused: row %d (address %s): %s", item.row, shown, item.reason)
+        if len(refused) > LOGGED_REFUSALS:
+            log.error("%d more sealed records refused (see /healthz)", len(refused) - LOGGED_REFUSALS)
         self._accounts = accounts
-        self._failed = failed
+        self._failed = {r.address for r in refused}
         self._position = max((r.position for r in records), default=0)
+        self.status.refused = refused
         self.status.keys_loaded = len(accounts)
-        self.status.unseal_failures = len(failed)
+        self.status.unseal_failures = len(refused)
         gc.collect()  # then freeze: the account objects live on, and full GC passes need not walk them
         gc.freeze()
+
+    async def _unseal_batch(
+        self, batch: list[tuple[StoredRecord, dict[str, object]]]
+    ) -> tuple[list[StoredRecord], list[RefusedRecord]]:
+        """One `unseal` call; if the enclave refuses the call as a whole (a record it could not even
+        parse, or one its handler crashed on), halve the batch until the record to blame stands alone.
+        Infrastructure errors (enclave gone, timeout) propagate: the bring-up is retried as a whole."""
+        if not batch:
+            return [], []
+        try:
+            result = await self.client.call("unseal", {"records": [sealed for _, sealed in batch]}, timeout=SLOW_TIMEOUT)
+        except (RequestError, EnclaveFailed) as exc:
+            if len(batch) == 1:
+                self._unseal_refusals += 1
+                if self._unseal_refusals > MAX_REFUSED_CALLS:
+                    # Not one damaged record, but every one: that is the enclave's problem (not ready).
+                    raise InfraError(f"the enclave refuses every record: {exc.message}") from None
+                record = batch[0][0]
+                return [], [RefusedRecord(record.position, record.address, f"the enclave refused it: {exc.message}")]
+            middle = len(batch) // 2
+            first_loaded, first_refused = await self._unseal_batch(batch[:middle])
+            second_loaded, second_refused = await self._unseal_batch(batch[middle:])
+            return first_loaded + second_loaded, first_refused + second_refused
+        loaded_addresses = set(result["loaded"])
+        reasons = {f.get("address"): str(f.get("error")) for f in result["failed"] if isinstance(f, dict)}
+        loaded: list[StoredRecord] = []
+        refused: list[RefusedRecord] = []
+        for record, _ in batch:  # each record's address was checked against its row by record.sealed()
+            if record.address in loaded_addresses:
+                loaded.append(record)
+            else:
+                reason = reasons.get(record.address, "the enclave did not load it")
+                refused.append(RefusedRecord(record.position, record.address, reason))
+        return loaded, refused
 
     async def watch(self, interval: float = 1.0) -> None:
         """Keep the enclave brought up: after an enclave restart, attest and unseal again."""
@@ -216,11 +287,27 @@ class Signer:
                 self.status.last_error = exc.message
                 self._ready.clear()
                 self.status.keys_unsealed = False
+            except Exception as exc:  # a bug, or a reply of a shape nobody expected: say so, retry
+                message = f"bring-up failed unexpectedly: {type(exc).__name__}: {exc}"
+                if self.status.last_error != message:
+                    log.exception("bring-up")
+                self.status.last_error = message
+                self._ready.clear()
+                self.status.keys_unsealed = False
             self.attempted.set()
             await asyncio.sleep(interval)
 
+    def task_restarted(self, name: str) -> None:
+        """Count a background task that died and was restarted (status, /healthz and the metric)."""
+        self.status.task_restarts[name] = self.status.task_restarts.get(name, 0) + 1
+        if self.on_task_restart is not None:
+            self.on_task_restart(name)
+
     def start_watch(self, interval: float = 1.0) -> None:
-        self._tasks = [asyncio.create_task(self.watch(interval)), asyncio.create_task(self.follow_store(interval))]
+        self._tasks = [
+            start_supervised("enclave-watch", lambda: self.watch(interval), restarted=self.task_restarted),
+            start_supervised("store-follow", lambda: self.follow_store(interval), restarted=self.task_restarted),
+        ]
 
     async def follow_store(self, interval: float) -> None:
         """Catch up in the background too, so that the first account_list after another process generated
@@ -353,7 +440,10 @@ class FollowerSigner(Signer):
     enclave connection and reads the account list from the shared store."""
 
     def start_watch(self, interval: float = 1.0) -> None:
-        self._tasks = [asyncio.create_task(self.follow_store(interval))]  # the primary watches the enclave
+        # The primary watches the enclave; a worker only follows the store.
+        self._tasks = [
+            start_supervised("store-follow", lambda: self.follow_store(interval), restarted=self.task_restarted)
+        ]
 
     async def bring_up(self) -> None:
         raise InfraError("an HTTP worker does not bring the enclave up", remedy="the primary `clave serve` does")
@@ -366,6 +456,7 @@ class FollowerSigner(Signer):
         status.keys_unsealed = bool(update["keys_unsealed"])
         status.unseal_failures = int(update["unseal_failures"])
         status.last_error = str(update["last_error"])
+        status.refused = [RefusedRecord.from_description(item) for item in update.get("refused", [])]
         if not update["ready"]:
             self._ready.clear()
             return

@@ -7,6 +7,7 @@ is the default: one file under the datadir, WAL journal, each write one transact
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -40,7 +41,53 @@ class StoredRecord:
         )
 
     def sealed(self) -> dict[str, object]:
-        return cbor2.loads(self.blob)
+        """The sealed record to hand to the enclave, after the checks the parent can make without the key:
+        the blob decodes to a CBOR map, and the address inside it is the row's. Raises `CorruptRecord`.
+
+        The enclave checks again and authenticates everything (AES-GCM with the metadata as associated
+        data); these checks only make sure that one damaged row is refused alone and named by its row,
+        rather than failing the whole batch or being reported under an address it does not have."""
+        if len(self.address) != 20:
+            raise CorruptRecord("the row's address is unreadable")
+        try:
+            sealed = cbor2.loads(self.blob)
+        except Exception as exc:  # cbor2 raises several kinds (decode errors, EOF, recursion, values)
+            raise CorruptRecord(f"the sealed blob does not decode ({type(exc).__name__})") from None
+        if not isinstance(sealed, dict):
+            raise CorruptRecord("the sealed blob is not a CBOR map")
+        inner = sealed.get("address")
+        if not isinstance(inner, bytes) or len(inner) != 20:
+            raise CorruptRecord("the sealed blob carries no 20-byte address")
+        if inner != self.address:
+            raise CorruptRecord(f"the sealed blob names 0x{inner.hex()}, not the row's address")
+        return sealed
+
+
+class CorruptRecord(Exception):
+    """A stored record the sidecar can tell is damaged before the enclave sees it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _stored(row: tuple[object, ...]) -> StoredRecord:
+    """A row as a record, whatever its columns hold: a damaged row must reach the check in `sealed()`
+    (and be refused alone) instead of failing the read of every record."""
+    address, origin, exportable, created, blob, position = row
+    return StoredRecord(
+        address=_blob(address),
+        origin=origin if isinstance(origin, str) else "",
+        exportable=bool(exportable),
+        created=created if isinstance(created, int) else 0,
+        blob=_blob(blob),
+        position=int(position),  # type: ignore[call-overload]
+    )
+
+
+def _blob(value: object) -> bytes:
+    # bytes(5) would be five zero bytes, and bytes(10**12) a terabyte: only a BLOB column is bytes.
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else b""
 
 
 class StoreError(InfraError):
@@ -90,13 +137,20 @@ class SqliteStore:
         self.path = path
         self._lock = threading.Lock()
         try:
+            # 0600 before SQLite opens it: SQLite creates the -wal and -shm files with the database's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            for existing in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+                if existing.exists():
+                    existing.chmod(0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open key store {path}: {exc.strerror or exc}") from None
+        try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(self.SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open key store {path}: {exc}") from None
-        path.chmod(0o600)
 
     def add_records(self, records: Iterable[StoredRecord]) -> None:
         rows = [(r.address, r.origin, int(r.exportable), r.created, r.blob) for r in records]
@@ -127,7 +181,7 @@ class SqliteStore:
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"key store read failed: {exc}") from None
-        return [StoredRecord(bytes(a), o, bool(e), c, bytes(b), p) for a, o, e, c, b, p in rows]
+        return [_stored(row) for row in rows]
 
     def accounts_after(self, position: int) -> list[ListedAccount]:
         """Records added after `position` (0: all), oldest first. Records are never deleted or rewritten, so
@@ -140,7 +194,7 @@ class SqliteStore:
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"key store read failed: {exc}") from None
-        return [ListedAccount(p, bytes(a), o, bool(e), c) for p, a, o, e, c in rows]
+        return [ListedAccount(p, _blob(a), o, bool(e), c) for p, a, o, e, c in rows]
 
     def get_meta(self, name: str) -> bytes | None:
         with self._lock:

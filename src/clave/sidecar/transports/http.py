@@ -3,10 +3,16 @@
 Any path and method except PUT/DELETE reaches JSON-RPC; content type must be JSON; bodies over 5 MiB get
 413; a GET with an empty body answers 200 (a health probe); the Host header must be in the vhost list;
 no CORS unless configured. `/upcheck`, `/healthz` and `/metrics` are served beside it.
+
+Slow clients, with geth's HTTP server timeouts (`rpc.DefaultHTTPTimeouts`): a connection whose first
+request line and headers have not all arrived within `read_timeout` (30 s) is closed; a body that has not
+all arrived `read_timeout` after its headers is answered 408 and the connection closed; a keep-alive
+connection idle for `idle_timeout` (120 s) is closed, also when it sent half of its next request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,6 +24,8 @@ from clave.sidecar.rpc.dispatch import CallContext, Dispatcher
 
 MAX_BODY = 5 * 1024 * 1024
 JSON_TYPES = frozenset({"application/json", "application/json-rpc", "application/jsonrequest"})
+READ_TIMEOUT = 30.0  # geth's ReadTimeout and ReadHeaderTimeout
+IDLE_TIMEOUT = 120.0  # geth's IdleTimeout; Go's HTTP client drops idle connections after 90 s itself
 
 
 @dataclass
@@ -25,6 +33,45 @@ class HttpConfig:
     vhosts: tuple[str, ...] = ("localhost",)
     cors_domains: tuple[str, ...] = ()
     auth_token: str | None = None
+    read_timeout: float = READ_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+
+
+class SlowClientGuard:
+    """Closes a connection whose first request has not arrived, headers complete, `timeout` seconds after
+    it was accepted. aiohttp's keep-alive timer covers the time between requests, but before the first
+    one only its newest releases time anything, so a client that connects and sends half a request line
+    would otherwise hold its socket for good."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.closed = 0  # connections closed for it (tests read this)
+        self._waiting: dict[object, asyncio.TimerHandle] = {}
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: web.RequestHandler, transport: asyncio.Transport) -> None:  # type: ignore[type-arg]
+            made(handler, transport)
+            timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, handler, transport)
+            self._waiting[handler] = timer
+
+        def connection_lost(handler: web.RequestHandler, exc: BaseException | None = None) -> None:  # type: ignore[type-arg]
+            self.request_arrived(handler)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def request_arrived(self, handler: object) -> None:
+        timer = self._waiting.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, handler: object, transport: asyncio.Transport) -> None:
+        if self._waiting.pop(handler, None) is not None:
+            self.closed += 1
+            transport.close()
 
 
 HealthFn = Callable[[], Awaitable[tuple[int, dict[str, object]]]]
@@ -34,6 +81,7 @@ dispatcher_key = web.AppKey("dispatcher", Dispatcher)
 config_key = web.AppKey("config", HttpConfig)
 health_key = web.AppKey("health", object)
 metrics_key = web.AppKey("metrics", object)
+slow_clients_key = web.AppKey("slow_clients", SlowClientGuard)
 
 
 def host_allowed(host_header: str | None, vhosts: tuple[str, ...]) -> bool:
@@ -56,6 +104,7 @@ def host_allowed(host_header: str | None, vhosts: tuple[str, ...]) -> bool:
 @web.middleware
 async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     config = request.app[config_key]
+    request.app[slow_clients_key].request_arrived(request.protocol)
     if not host_allowed(request.headers.get("Host"), config.vhosts):
         return web.Response(status=403, text="invalid host specified\n")
     if config.auth_token is not None and request.path not in ("/upcheck", "/healthz"):
@@ -86,9 +135,12 @@ async def rpc_handler(request: web.Request) -> web.StreamResponse:
     if mime not in JSON_TYPES:
         return web.Response(status=415, text="invalid content type, only application/json is supported\n")
     try:
-        body = await request.read()
+        async with asyncio.timeout(request.app[config_key].read_timeout):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return web.Response(status=413, text="content length too large\n")
+    except TimeoutError:
+        return await _close_slow(request)
     peer = request.transport.get_extra_info("peername") if request.transport else None
     ctx = CallContext(
         transport="http",
@@ -100,6 +152,17 @@ async def rpc_handler(request: web.Request) -> web.StreamResponse:
     if reply is None:
         return web.Response(status=200)
     return web.Response(status=503 if infra else 200, body=reply, content_type="application/json")
+
+
+async def _close_slow(request: web.Request) -> web.StreamResponse:
+    """408 for a body that did not arrive in time, then close: reading on (lingering) would wait for it."""
+    response = web.Response(status=408, text="request body not received in time\n")
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
+    return response
 
 
 async def upcheck(request: web.Request) -> web.Response:
@@ -130,6 +193,7 @@ def make_http_app(
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
     app[dispatcher_key] = dispatcher
     app[config_key] = config
+    app[slow_clients_key] = SlowClientGuard(config.read_timeout)
     app[health_key] = health
     app[metrics_key] = render_metrics
     app.router.add_get("/upcheck", upcheck)
@@ -138,3 +202,13 @@ def make_http_app(
     app.router.add_route("*", "/{tail:.*}", rpc_handler)
     app.cleanup_ctx.extend(cleanup)
     return app
+
+
+async def start_runner(app: web.Application) -> web.AppRunner:
+    """The runner for `make_http_app`'s app, with its timeouts for slow and idle clients in place."""
+    config = app[config_key]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=config.idle_timeout)
+    await runner.setup()
+    assert runner.server is not None
+    app[slow_clients_key].install(runner.server)
+    return runner

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from clave.link import aio
+from clave.link.process import die_with_parent
 from clave.sidecar.observe.logs import setup_logging
 from clave.sidecar.signing.signer import FollowerSigner
 from clave.sidecar.transports.worker_pool import LISTENING, decode_config
@@ -60,6 +61,8 @@ async def run() -> int:
 
 
 def main() -> None:
+    # Also when the primary is SIGKILLed (stdin's end of file says so too, unless stdin is held elsewhere).
+    die_with_parent(signal.SIGTERM)
     sys.exit(aio.run(run()))
 
 

@@ -23,8 +23,10 @@ import pickle
 import sys
 from typing import Any
 
+from clave.link.process import child_env
 from clave.sidecar.config import SidecarConfig
-from clave.sidecar.signing.signer import Signer
+from clave.sidecar.observe.tasks import start_supervised
+from clave.sidecar.signing.signer import LOGGED_REFUSALS, Signer
 
 log = logging.getLogger("clave.workers")
 
@@ -57,6 +59,7 @@ def status_update(signer: Signer) -> dict[str, Any]:
         "unseal_failures": status.unseal_failures,
         "last_error": status.last_error,
         "failed": sorted(a.hex() for a in signer.failed_addresses),
+        "refused": [r.describe() for r in status.refused[:LOGGED_REFUSALS]],  # for /healthz; the count is above
     }
 
 
@@ -76,8 +79,12 @@ class WorkerPool:
 
     def start(self) -> None:
         self._last = self._status_line()
-        self._tasks = [asyncio.create_task(self._supervise(i)) for i in range(self.count)]
-        self._tasks.append(asyncio.create_task(self._broadcast()))
+        restarted = self.signer.task_restarted
+        self._tasks = [
+            start_supervised(f"http-worker-{i + 1}", lambda i=i: self._supervise(i), restarted=restarted)  # type: ignore[misc]
+            for i in range(self.count)
+        ]
+        self._tasks.append(start_supervised("http-worker-status", self._broadcast, restarted=restarted))
 
     async def wait_listening(self, timeout: float) -> bool:
         waits = [asyncio.create_task(event.wait()) for event in self._listening]
@@ -89,7 +96,8 @@ class WorkerPool:
     async def _supervise(self, index: int) -> None:
         while not self._stopping:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "clave.sidecar.transports.http_worker", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+                sys.executable, "-m", "clave.sidecar.transports.http_worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=child_env(),
             )
             self._processes[index] = process
             assert process.stdin is not None and process.stdout is not None

@@ -1,0 +1,16 @@
+"""Creating an account in a test: `account_new` over the IPC socket.
+
+Over HTTP, `account_new` needs a bearer token (`--http.auth-token-file`); without one it is refused
+(README "Accounts", tests/test_hardening.py), so tests that merely need an account make it over IPC,
+the way `clave account new` does.
+"""
+
+from __future__ import annotations
+
+from clave.sidecar.transports.ipc_client import IpcClient
+from tests.stack import ClaveProcess
+
+
+def new_account(clave: ClaveProcess) -> str:
+    with IpcClient(clave.ipc, timeout=60) as client:
+        return str(client.call("account_new"))
