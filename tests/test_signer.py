@@ -153,7 +153,7 @@ async def test_kms_refusing_the_key_leaves_the_signer_not_ready(tmp_path: Path) 
         assert stack.signer.status.attested is True, "attestation passed; KMS said no"
         assert stack.store.get_meta(META_DATA_KEY) is None, "a failed first start leaves nothing behind"
         with pytest.raises(RpcFailure) as err:
-            await stack.http_rpc("account_new")
+            await stack.http_rpc("eth_sign", "0x" + "11" * 20, "0x00")
         assert err.value.status == 503 and "enclave not ready" in err.value.message
         body = await (await stack.http.get("/healthz")).json()
         assert body["ready"] is False and "NotFoundException" in body["last_error"]

@@ -3,7 +3,6 @@ values, positions for followers, file modes, and errors as StoreError."""
 
 from __future__ import annotations
 
-import sqlite3
 import stat
 import threading
 from pathlib import Path
@@ -148,9 +147,6 @@ def test_failures_are_store_errors(tmp_path: Path) -> None:
         assert isinstance(err.value, InfraError), "a store failure is retryable infrastructure, not a bad request"
 
 
-@pytest.mark.xfail(strict=True, raises=sqlite3.ProgrammingError, reason=(
-    "src bug: on a closed store, add_records' error path reads `in_transaction`, which raises a bare "
-    "sqlite3.ProgrammingError, and get_meta catches nothing; both should raise StoreError like the others"))
 @pytest.mark.parametrize("operation", ["add_records", "get_meta"])
 def test_writes_and_meta_reads_on_a_closed_store_are_store_errors(tmp_path: Path, operation: str) -> None:
     store = SqliteStore(tmp_path / "keystore.sqlite")

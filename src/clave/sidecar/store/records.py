@@ -7,6 +7,7 @@ is the default: one file under the datadir, WAL journal, each write one transact
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -166,8 +167,10 @@ class SqliteStore:
                 duplicate = next((r[0] for r in rows if self._has(r[0])), rows[0][0] if rows else b"")
                 raise DuplicateAccount(duplicate) from exc
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                # The rollback may fail too (a closed or broken connection): the write failed either way.
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                 raise StoreError(f"key store write failed: {exc}") from None
 
     def _has(self, address: bytes) -> bool:
@@ -198,7 +201,10 @@ class SqliteStore:
 
     def get_meta(self, name: str) -> bytes | None:
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"key store read failed: {exc}") from None
         return bytes(row[0]) if row else None
 
     def set_meta(self, name: str, value: bytes) -> None:
