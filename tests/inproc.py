@@ -165,28 +165,7 @@ class Stack:
 
     async def ipc_raw(self, payload: bytes, *, replies: int = 1, timeout: float = 30) -> list[Any]:
         """Write bytes on a new connection to the IPC socket; read `replies` JSON values back."""
-        reader, writer = await asyncio.open_unix_connection(str(self.config.ipc_socket))
-        try:
-            writer.write(payload)
-            await writer.drain()
-            decoder = json.JSONDecoder()
-            buffer, found = "", []
-            async with asyncio.timeout(timeout):
-                while len(found) < replies:
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        break
-                    buffer += chunk.decode()
-                    while buffer.strip():
-                        try:
-                            value, end = decoder.raw_decode(buffer.lstrip())
-                        except ValueError:
-                            break
-                        found.append(value)
-                        buffer = buffer.lstrip()[end:]
-            return found
-        finally:
-            writer.close()
+        return await ipc_exchange(self.config.ipc_socket, payload, replies, timeout=timeout)
 
 
 @contextlib.asynccontextmanager
@@ -254,3 +233,29 @@ async def running_stack(
             await kms_runner.cleanup()
             if kms_client is not None:
                 kms_client.close()
+
+
+async def ipc_exchange(path: Path, payload: bytes, replies: int, *, timeout: float = 30) -> list[Any]:
+    """Write bytes on a new connection to an IPC socket; read up to `replies` JSON values back (fewer when
+    the server closes the connection first)."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(payload)
+        await writer.drain()
+        decoder, buffer, found = json.JSONDecoder(), "", []
+        async with asyncio.timeout(timeout):
+            while len(found) < replies:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                buffer += chunk.decode()
+                while buffer.strip():
+                    try:
+                        value, end = decoder.raw_decode(buffer.lstrip())
+                    except ValueError:
+                        break
+                    found.append(value)
+                    buffer = buffer.lstrip()[end:]
+        return found
+    finally:
+        writer.close()

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from clave.sidecar.rpc.dispatch import CallContext, Dispatcher, Method
 from clave.sidecar.transports.ipc import MAX_MESSAGE, IpcServer, JsonStreamSplitter
 from clave.sidecar.transports.ipc_client import IpcClient, RpcCallError
+from tests.inproc import ipc_exchange
 
 # --- the splitter -----------------------------------------------------------------------------------------
 
@@ -150,30 +151,6 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[IpcServer, list[str]]]:
         await ipc.close()
 
 
-async def _exchange(path: Path, payload: bytes, replies: int, *, timeout: float = 10) -> list[Any]:
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    try:
-        writer.write(payload)
-        await writer.drain()
-        decoder, buffer, found = json.JSONDecoder(), "", []
-        async with asyncio.timeout(timeout):
-            while len(found) < replies:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                buffer += chunk.decode()
-                while buffer.strip():
-                    try:
-                        value, end = decoder.raw_decode(buffer.lstrip())
-                    except ValueError:
-                        break
-                    found.append(value)
-                    buffer = buffer.lstrip()[end:]
-        return found
-    finally:
-        writer.close()
-
-
 def _msg(method: str, params: list[Any], request_id: Any) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
 
@@ -194,7 +171,7 @@ async def test_socket_is_private_and_removed_on_close(tmp_path: Path) -> None:
     again = IpcServer(path, Dispatcher({}))
     await again.start()
     try:
-        assert (await _exchange(path, _msg("x", [], 1), 1))[0]["error"]["code"] == -32601
+        assert (await ipc_exchange(path, _msg("x", [], 1), 1))[0]["error"]["code"] == -32601
     finally:
         await again.close()
 
@@ -202,7 +179,7 @@ async def test_socket_is_private_and_removed_on_close(tmp_path: Path) -> None:
 async def test_concatenated_requests_are_answered_as_they_complete(server: tuple[IpcServer, list[str]]) -> None:
     ipc, log = server
     payload = _msg("sleep", [0.3], "slow") + _msg("sleep", [0.0], "fast") + _msg("echo", ["e"], 3)
-    replies = await _exchange(ipc.path, payload, 3)
+    replies = await ipc_exchange(ipc.path, payload, 3)
     assert {r["id"]: r["result"] for r in replies} == {"slow": 0.3, "fast": 0.0, 3: ["e"]}
     assert replies[-1]["id"] == "slow", "a slow call does not hold back the ones behind it"
     assert "echo:ipc" in log
@@ -224,7 +201,7 @@ async def test_a_request_split_over_many_writes(server: tuple[IpcServer, list[st
 async def test_garbage_gets_parse_errors_and_the_connection_goes_on(server: tuple[IpcServer, list[str]]) -> None:
     ipc, _ = server
     payload = b'{"jsonrpc":} 12 ' + _msg("echo", ["after"], 5) + b" [] " + _msg("refuse", [], 6)
-    replies = await _exchange(ipc.path, payload, 5)
+    replies = await ipc_exchange(ipc.path, payload, 5)
     anonymous = sorted((r["error"]["code"], r["error"]["message"]) for r in replies if r["id"] is None)
     assert anonymous == [(-32700, "parse error"), (-32600, "empty batch"), (-32600, "invalid request")]
     by_id = {r["id"]: r for r in replies if r["id"] is not None}
@@ -251,7 +228,7 @@ async def test_batches_and_notifications(server: tuple[IpcServer, list[str]]) ->
                         {"jsonrpc": "2.0", "method": "echo", "params": [2]},
                         {"jsonrpc": "2.0", "id": 3, "method": "nope"}]).encode()
     notification = json.dumps({"jsonrpc": "2.0", "method": "echo", "params": ["n"]}).encode()
-    replies = await _exchange(ipc.path, notification + batch + _msg("echo", [4], 4), 2)
+    replies = await ipc_exchange(ipc.path, notification + batch + _msg("echo", [4], 4), 2)
     replies.sort(key=lambda r: isinstance(r, dict))  # each request is its own task: any order
     assert replies[0] == [{"jsonrpc": "2.0", "id": 1, "result": [1]},
                           {"jsonrpc": "2.0", "id": 3, "error": {"code": -32601,
