@@ -217,10 +217,19 @@ _TYPED_DATA_FIELDS = {
 }
 
 
+def _check_type_count(count: int) -> None:
+    if count > MAX_TYPES:
+        raise TypedDataLimitError(f"typed data has {count} types, more than the {MAX_TYPES} allowed")
+
+
 class _TypedData:
     def __init__(self, typed: object) -> None:
         # encoding/json into apitypes.TypedData: keys matched case-insensitively, document order, type
         # mismatches reported after the rest was decoded; null anywhere leaves the zero value.
+        if isinstance(typed, dict):  # the type count first, before decoding a bomb's types
+            for key, value in typed.items():
+                if isinstance(key, str) and key.lower() == "types" and isinstance(value, dict):
+                    _check_type_count(len(value))
         try:
             top = decode_struct(typed, _TYPED_DATA_FIELDS, "TypedData", "apitypes.TypedData")
         except GoJSONError as exc:
@@ -242,8 +251,7 @@ class _TypedData:
     # -- limits, before any hashing --
 
     def check_limits(self) -> None:
-        if len(self.types) > MAX_TYPES:
-            raise TypedDataLimitError(f"typed data has {len(self.types)} types, more than the {MAX_TYPES} allowed")
+        _check_type_count(len(self.types))
         fields = sum(len(f or ()) for f in self.types.values())
         if fields > MAX_FIELDS:
             raise TypedDataLimitError(f"typed data has {fields} fields, more than the {MAX_FIELDS} allowed")
