@@ -24,6 +24,7 @@ _STRUCTURE = re.compile(r'["\[\]{}]')
 _IN_STRING = re.compile(r'["\\]')
 
 
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NON_SPACE = re.compile(r"\S")
 _SCALAR_END = re.compile(r"[\s\[\]{}]")
 _IDLE, _SCALAR, _STRUCT = 0, 1, 2
@@ -72,7 +73,11 @@ class JsonStreamSplitter:
                 pos = m.start()
                 out.append(self._take(chunk, start, pos))
             elif self._in_string:
-                m = _IN_STRING.search(chunk, pos)
+                m = _STRING_REST.match(chunk, pos)  # the whole rest of the string, escapes included, in C
+                if m is not None:
+                    self._in_string, pos = False, m.end()
+                    continue
+                m = _IN_STRING.search(chunk, pos)  # the string goes on in the next read: step to its end
                 if m is None:
                     break
                 pos = m.end()
@@ -83,6 +88,15 @@ class JsonStreamSplitter:
                 else:
                     self._escape = True
             else:
+                quote = chunk.find('"', pos)
+                end = n if quote < 0 else quote
+                closes = chunk.count("]", pos, end) + chunk.count("}", pos, end)
+                if closes < self._depth:  # the text cannot end before the next string: count in bulk
+                    self._depth += chunk.count("[", pos, end) + chunk.count("{", pos, end) - closes
+                    if quote < 0:
+                        break
+                    self._in_string, pos = True, quote + 1
+                    continue
                 m = _STRUCTURE.search(chunk, pos)
                 if m is None:
                     break
