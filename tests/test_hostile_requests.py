@@ -5,12 +5,14 @@ structs, long arrays), invalid UTF-8, truncated texts and batches. For each body
 exactly one well-formed JSON answer (Go's JSON: no NaN or Infinity) within 5 s, never an HTTP 500 or 503,
 never "method handler crashed"; afterwards both transports still sign. Examples are capped (`EXAMPLES`)
 so the test stays well under a minute; it is in the fast tier, as nothing here starts a process.
+`CLAVE_FUZZ_EXAMPLES=5000` runs a longer hunt with a random seed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,9 @@ from hypothesis import strategies as st
 
 from tests.inproc import Stack, running_stack
 
-EXAMPLES = 200
+EXAMPLES = int(os.environ.get("CLAVE_FUZZ_EXAMPLES", "200"))  # more for a longer hunt, with a random seed
 ANSWER_WITHIN = 5.0
-ADDRESS = "0x" + "5a" * 20
+ADDRESS = "0x" + "5a" * 20  # replaced by the stack's account in every body
 
 METHODS = ["account_version", "account_list", "eth_accounts", "eth_sign", "eth_signTypedData_v4",
            "account_signTypedData", "account_signData", "account_signTransaction", "eth_signTransaction",
@@ -78,6 +80,14 @@ raw_values = st.one_of(
     st.just(json.dumps(ADDRESS)),
 )
 
+TX_FIELDS = ["from", "to", "gas", "gasPrice", "maxFeePerGas", "maxPriorityFeePerGas", "maxFeePerBlobGas", "value",
+             "nonce", "data", "input", "chainId", "accessList", "authorizationList", "blobVersionedHashes",
+             "blobs", "commitments", "proofs", "type", "safe", "operation", "safeTxGas", "baseGas", "gasToken",
+             "refundReceiver", "safeTxHash", "signature", "sender", "address", "types", "message"]
+objects = st.dictionaries(st.sampled_from(TX_FIELDS), raw_values, max_size=6).map(
+    lambda fields: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in fields.items()) + "}")
+content_types = st.sampled_from(["text/plain", "text/validator", "application/clique", "data/typed", "x/y"]).map(json.dumps)
+
 typed_bombs = st.builds(
     _typed_bomb,
     types=st.sampled_from([0, 1, 10, 254, 255, 300, 1300]),
@@ -90,6 +100,9 @@ ids = st.one_of(st.sampled_from(RAW_NUMBERS), st.sampled_from(RAW_INVALID), json
 
 params = st.one_of(
     st.lists(raw_values, max_size=3).map(lambda items: "[" + ",".join(items) + "]"),
+    st.tuples(objects, raw_values | objects).map(lambda p: f"[{p[0]},{p[1]}]"),
+    st.tuples(content_types, raw_values | objects).map(lambda p: f'[{p[0]},"{ADDRESS}",{p[1]}]'),
+    objects.map(lambda o: f'["{ADDRESS}",{o}]'),
     typed_bombs.map(lambda document: f'["{ADDRESS}",{document}]'),
     raw_values,
 )
@@ -198,14 +211,15 @@ async def _over_ipc(stack: Stack, body: bytes) -> None:
         writer.close()
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize="CLAVE_FUZZ_EXAMPLES" not in os.environ,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(bodies())
 def test_every_hostile_body_gets_one_well_formed_answer(live: tuple[asyncio.Runner, Stack, str],
                                                         body: tuple[bytes, bool]) -> None:
-    runner, stack, _ = live
+    runner, stack, account = live
     text, complete = body
+    text = text.replace(ADDRESS.encode(), account.encode())  # the stack's account: signing paths are reached
     runner.run(_over_http(stack, text))
     if complete:
         runner.run(_over_ipc(stack, text))
