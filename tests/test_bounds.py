@@ -320,3 +320,14 @@ async def test_the_type_bomb_is_refused_while_others_sign(stack: Stack) -> None:
         stack.ipc_raw(json.dumps(v4).encode(), timeout=5), stack.rpc("eth_sign", account, "0x" + keccak(b"x").hex()))
     assert refused[0]["error"]["message"] == "typed data has 300 types, more than the 256 allowed"
     assert len(signed) == 132
+
+
+@pytestmark_stack
+async def test_an_unexpected_dispatch_failure_still_gets_one_answer(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: Any, message: Any, ctx: Any) -> Any:
+        raise RecursionError("somewhere deep")
+    monkeypatch.setattr(type(stack.dispatcher), "_handle_one", broken)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"account_version"}'
+    status, reply = await _http(stack, body)
+    assert status == 503 and reply["error"] == {"code": -32603, "message": "internal error"}
+    assert [r["error"]["code"] for r in await _ipc(stack, body)] == [-32603]

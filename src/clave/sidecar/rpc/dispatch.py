@@ -67,6 +67,15 @@ class Dispatcher:
         return await self.handle_message(message, ctx)
 
     async def handle_message(self, message: Any, ctx: CallContext) -> tuple[bytes | None, bool]:
+        try:
+            return await self._handle_message(message, ctx)
+        except Exception:
+            # A safety net, never reached by design (each call's errors are answered by _handle_one): the
+            # peer still gets one answer, never an HTTP 500 or, over IPC, silence.
+            log.exception("dispatching a message crashed")
+            return _dump(_error(None, INTERNAL_ERROR, "internal error")), True
+
+    async def _handle_message(self, message: Any, ctx: CallContext) -> tuple[bytes | None, bool]:
         if isinstance(message, list):
             if not message:
                 return _dump(_error(None, INVALID_REQUEST, "empty batch")), False
