@@ -69,6 +69,9 @@ def split_frame(size: int) -> tuple[float, int]:
 async def stack(message: bytes) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.inproc import running_stack
+    from tests.stack import RpcFailure
+
+    failures: list[str] = []
 
     with tempfile.TemporaryDirectory() as tmp:
         async with running_stack(Path(tmp) / "stack") as s:
@@ -79,7 +82,10 @@ async def stack(message: bytes) -> None:
             async def sign_loop() -> None:
                 while not stop.is_set():
                     started = time.perf_counter()
-                    await s.http_rpc("eth_sign", account, "0x" + b"bench".hex())
+                    try:
+                        await s.http_rpc("eth_sign", account, "0x" + b"bench".hex())
+                    except RpcFailure as exc:  # before the fix: "enclave not ready" (its health check starved)
+                        failures.append(f"{exc.code} {exc.message}")
                     latencies.append(time.perf_counter() - started)
                     await asyncio.sleep(0.002)
 
@@ -94,7 +100,8 @@ async def stack(message: bytes) -> None:
     ms = sorted(v * 1000 for v in latencies)
     error = replies[0].get("error") if replies else None
     print(f"stack: {len(message) / 1e6:.2f} MB over IPC answered in {elapsed * 1000:.0f} ms ({error}); "
-          f"eth_sign over HTTP meanwhile: n={len(ms)} median {statistics.median(ms):.2f} ms, max {ms[-1]:.1f} ms")
+          f"eth_sign over HTTP meanwhile: n={len(ms)} median {statistics.median(ms):.2f} ms, max {ms[-1]:.1f} ms, "
+          f"{len(failures)} failed" + (f" (first: {failures[0]!r})" if failures else ""))
 
 
 def main() -> None:
