@@ -304,6 +304,9 @@ async def test_a_frame_the_enclave_cannot_decode_fails_its_call_at_once(stack: S
                 await client.call("sign_typed", {"typed_data": deep})
             with pytest.raises(RequestError, match="typed_data: expected a map"):  # the connection goes on
                 await client.call("sign_typed", {"typed_data": "x"})
+            # The enclave runs the same typed-data code: the same limits hold for a caller that skips the sidecar.
+            with pytest.raises(RequestError, match="typed data has 1300 types, more than the 256 allowed"):
+                await client.call("sign_typed", {"address": b"\x5a" * 20, "typed_data": _bomb(1300)})
     finally:
         await client.close()
 
