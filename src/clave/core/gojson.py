@@ -14,6 +14,7 @@ once ("hard") while a plain type mismatch is remembered and reported after the r
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -108,7 +109,39 @@ def loads(text: str | bytes) -> Any:
 
     if isinstance(text, bytes):
         text = text.decode("utf-8")  # json.loads would also accept UTF-16/32; JSON-RPC bodies are UTF-8
-    return _DECODER.decode(text)
+    check_depth(text)
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:  # not reached below MAX_JSON_DEPTH; kept so a deep text is never a crash
+        raise JSONDepthError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
+# Nesting allowed in a JSON text. Go's encoding/json stops at 10,000; Python's C decoder dies of
+# RecursionError near 1,000, cbor2 refuses 400 levels between the sidecar and the enclave, and the code that
+# walks values recursively (typed data, %v formatting) needs headroom under both. No request needs more
+# than a few dozen (a batch of typed data at EIP-712's depth limit is under 70).
+MAX_JSON_DEPTH = 128
+
+
+class JSONDepthError(ValueError):
+    """A JSON text nested deeper than MAX_JSON_DEPTH: refused as unparseable before it is decoded."""
+
+
+_NOT_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[^\[\]{}"]+', re.DOTALL)
+_BRACKET_DELTA = [0] * 256
+_BRACKET_DELTA[ord("[")] = _BRACKET_DELTA[ord("{")] = 1
+_BRACKET_DELTA[ord("]")] = _BRACKET_DELTA[ord("}")] = -1
+
+
+def check_depth(text: str) -> None:
+    """Raise JSONDepthError when brackets outside strings nest deeper than MAX_JSON_DEPTH.
+
+    Linear and mostly in C; a text with fewer brackets than the limit (most requests) is not scanned."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
+    brackets = _NOT_BRACKETS.sub("", text).encode()
+    if brackets and max(itertools.accumulate(map(_BRACKET_DELTA.__getitem__, brackets))) > MAX_JSON_DEPTH:
+        raise JSONDepthError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def _last_key_wins(items: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -48,7 +48,8 @@ class FrameServer:
                     try:
                         request = protocol.decode_body(body)
                     except protocol.FrameError as exc:
-                        out.send(protocol.error_reply(None, protocol.E_MALFORMED, str(exc)))
+                        # The id, when the header is readable, lets the client fail that call at once.
+                        out.send(protocol.error_reply(protocol.peek_id(body), protocol.E_MALFORMED, str(exc)))
                         continue
                     method = request.get("method")
                     if method not in SLOW_METHODS and isinstance(method, str):

@@ -100,5 +100,63 @@ def decode_body(body: bytes) -> dict[str, Any]:
     return message
 
 
+def peek_id(body: bytes) -> Any:
+    """The `id` of a frame that does not decode (too deep, bad tail…), read from its header, or None.
+
+    Reads the top-level map's leading entries while they are simple (text keys, integer or text values), as
+    clients write `id` first: an error reply then carries the id and the client can match it at once.
+    """
+    pos = 0
+
+    def head() -> tuple[int, int] | None:
+        nonlocal pos
+        if pos >= len(body):
+            return None
+        first = body[pos]
+        major, info = first >> 5, first & 0x1F
+        pos += 1
+        if info < 24:
+            return major, info
+        size = {24: 1, 25: 2, 26: 4, 27: 8}.get(info)
+        if size is None or pos + size > len(body):
+            return None
+        value = int.from_bytes(body[pos : pos + size], "big")
+        pos += size
+        return major, value
+
+    def simple() -> tuple[bool, Any]:
+        nonlocal pos
+        item = head()
+        if item is None:
+            return False, None
+        major, arg = item
+        if major == 0:
+            return True, arg
+        if major == 1:
+            return True, -1 - arg
+        if major == 3 and pos + arg <= len(body):
+            raw = body[pos : pos + arg]
+            pos += arg
+            try:
+                return True, raw.decode()
+            except UnicodeDecodeError:
+                return False, None
+        return False, None
+
+    top = head()
+    if top is None or top[0] != 5:
+        return None
+    for _ in range(min(top[1], 8)):
+        ok, key = simple()
+        if not ok:
+            return None
+        ok, value = simple()
+        if not ok:
+            return None
+        if key == "id":
+            return value
+    return None
+
+
 def error_reply(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"id": request_id, "error": {"code": code, "message": message}}

@@ -12,6 +12,12 @@ geth quirks are kept on purpose (a type with no fields encodes as "Name)"; prima
 appends hashStruct(message)), because the digest must be the one geth would sign.
 
 Input is the object `json.loads` produced. Error texts are geth's, including Go's %v formatting.
+
+Bounded work: geth recomputes encodeType for every struct it hashes (cubic in the number of types) and has
+no limits; clef signs whatever it is given. Here encodeType and typeHash are computed once per type per
+document, and a document beyond the limits below is refused before any hashing (`TypedDataLimitError`,
+a plain -32000 error, as geth's own encoding errors). The enclave runs this same code, so the same limits
+hold there.
 """
 
 from __future__ import annotations
@@ -50,6 +56,18 @@ _PRIMITIVES = frozenset(
 )
 _INT64 = 1 << 63
 
+# Limits, generous for real typed data. The largest documents in use are Seaport's: a bulk order is
+# `BulkOrder(OrderComponents[2]...[2] tree)` with up to 24 array levels above OrderComponents, OfferItem
+# and ConsiderationItem (6 types, ~30 fields in all, depth ~27); Permit2's PermitBatchTransferFrom,
+# Safe transactions and DAO votes have under 10 types and depth under 4. Nothing we know of comes near
+# these, while each keeps one request's work to milliseconds (a 1,300-type document took 12 s before).
+MAX_TYPES = 256  # entries in `types`, EIP712Domain included
+MAX_FIELDS = 2048  # fields over all types: bounds every encodeType string (memoized per type)
+MAX_DEPTH = 64  # struct and array levels below the primary type (geth's encodeData depth)
+MAX_ARRAY = 1024  # elements in one array (Seaport's bulk-order arrays have 2)
+MAX_VALUES = 65536  # values encoded in one document (fields of every struct and array element)
+MAX_JSON_DEPTH = 128  # nesting of the message as JSON, checked before anything walks it recursively
+
 
 class _Big(int):
     """A *math.HexOrDecimal256 value (the domain's chainId): exact, printed in decimal by %v."""
@@ -61,6 +79,10 @@ class TypedDataDecodeError(RequestError):
     geth reports these as JSON-RPC argument errors (-32602 `invalid argument N: …`) when the typed data is
     a positional parameter, and as plain errors when it is decoded later (account_signData data/typed).
     """
+
+
+class TypedDataLimitError(RequestError):
+    """The document is beyond one of clave's limits (MAX_TYPES, …): refused before any hashing, -32000."""
 
 
 @dataclass(frozen=True)
@@ -137,14 +159,15 @@ def _hex_or_decimal(value: object) -> _Big:
     return _Big(decode_hex_or_decimal256(value))
 
 
-def _check_json_numbers(value: object) -> None:
-    """encoding/json cannot put a number outside float64's range into an interface{} (a soft error)."""
-    if isinstance(value, list):
-        for item in value:
-            _check_json_numbers(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _check_json_numbers(item)
+def _check_json_numbers(value: object, depth: int = 0) -> None:
+    """encoding/json cannot put a number outside float64's range into an interface{} (a soft error).
+
+    Also refuses a message nested deeper than MAX_JSON_DEPTH, so nothing after this recurses too deep."""
+    if isinstance(value, list | dict):
+        if depth >= MAX_JSON_DEPTH:
+            raise TypedDataLimitError(f"typed data nested deeper than {MAX_JSON_DEPTH} levels")
+        for item in value if isinstance(value, list) else value.values():
+            _check_json_numbers(item, depth + 1)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             finite = math.isfinite(float(value))
@@ -194,10 +217,19 @@ _TYPED_DATA_FIELDS = {
 }
 
 
+def _check_type_count(count: int) -> None:
+    if count > MAX_TYPES:
+        raise TypedDataLimitError(f"typed data has {count} types, more than the {MAX_TYPES} allowed")
+
+
 class _TypedData:
     def __init__(self, typed: object) -> None:
         # encoding/json into apitypes.TypedData: keys matched case-insensitively, document order, type
         # mismatches reported after the rest was decoded; null anywhere leaves the zero value.
+        if isinstance(typed, dict):  # the type count first, before decoding a bomb's types
+            for key, value in typed.items():
+                if isinstance(key, str) and key.lower() == "types" and isinstance(value, dict):
+                    _check_type_count(len(value))
         try:
             top = decode_struct(typed, _TYPED_DATA_FIELDS, "TypedData", "apitypes.TypedData")
         except GoJSONError as exc:
@@ -213,6 +245,21 @@ class _TypedData:
             if domain.get(key):  # TypedDataDomain.Map() leaves out empty strings
                 self.domain[key] = domain[key]
         self.message: dict[str, Any] = top.get("message") or {}
+        self._type_hashes: dict[str, bytes] = {}
+        self._values = 0  # values encoded so far, against MAX_VALUES
+
+    # -- limits, before any hashing --
+
+    def check_limits(self) -> None:
+        _check_type_count(len(self.types))
+        fields = sum(len(f or ()) for f in self.types.values())
+        if fields > MAX_FIELDS:
+            raise TypedDataLimitError(f"typed data has {fields} fields, more than the {MAX_FIELDS} allowed")
+
+    def _count(self, n: int) -> None:
+        self._values += n
+        if self._values > MAX_VALUES:
+            raise TypedDataLimitError(f"typed data has more than {MAX_VALUES} values")
 
     # -- validation (Types.validate, TypedDataDomain.validate) --
 
@@ -239,19 +286,33 @@ class _TypedData:
 
     # -- encodeType --
 
-    def dependencies(self, primary_type: str, found: list[str]) -> list[str]:
+    def dependencies(self, primary_type: str) -> list[str]:
+        """The types reachable from primary_type (itself first), as geth's recursive dependencies() finds
+        them; iterative and linear in the fields, since only the first element's position matters."""
         primary_type = primary_type.split("[")[0]
-        if primary_type in found or self.types.get(primary_type) is None:
-            return found
-        found = found + [primary_type]
-        for field in self.types[primary_type] or ():
-            for dep in self.dependencies(field.type, found):
-                if dep not in found:
+        if self.types.get(primary_type) is None:
+            return []
+        found = [primary_type]
+        seen = {primary_type}
+        i = 0
+        while i < len(found):
+            for field in self.types[found[i]] or ():
+                dep = field.type.split("[")[0]
+                if dep not in seen and self.types.get(dep) is not None:
+                    seen.add(dep)
                     found.append(dep)
+            i += 1
         return found
 
+    def type_hash(self, primary_type: str) -> bytes:
+        """keccak256(encodeType), once per type per document (geth recomputes it for every struct)."""
+        cached = self._type_hashes.get(primary_type)
+        if cached is None:
+            cached = self._type_hashes[primary_type] = keccak256(self.encode_type(primary_type))
+        return cached
+
     def encode_type(self, primary_type: str) -> bytes:
-        deps = self.dependencies(primary_type, [])
+        deps = self.dependencies(primary_type)
         if deps:
             deps = [primary_type] + sorted(deps[1:])
         out = []
@@ -263,10 +324,13 @@ class _TypedData:
     # -- encodeData --
 
     def encode_data(self, primary_type: str, data: Mapping[str, Any], depth: int) -> bytes:
+        if depth > MAX_DEPTH:
+            raise TypedDataLimitError(f"typed data nested deeper than {MAX_DEPTH} structs and arrays")
         fields = self.types.get(primary_type) or []
         if len(fields) < len(data):
             raise RequestError(f"there is extra data provided in the message ({len(fields)} < {len(data)})")
-        out = [keccak256(self.encode_type(primary_type))]
+        self._count(len(fields))
+        out = [self.type_hash(primary_type)]
         for field in fields:
             enc_type, value = field.type, data.get(field.name)
             if enc_type.endswith("]"):
@@ -282,6 +346,11 @@ class _TypedData:
     def _encode_array(self, value: object, enc_type: str, depth: int) -> bytes:
         if not isinstance(value, list):
             raise _mismatch(enc_type, value)
+        if depth > MAX_DEPTH:
+            raise TypedDataLimitError(f"typed data nested deeper than {MAX_DEPTH} structs and arrays")
+        if len(value) > MAX_ARRAY:
+            raise TypedDataLimitError(f"typed data array of {len(value)} elements, more than the {MAX_ARRAY} allowed")
+        self._count(len(value))
         parsed = enc_type.split("[")[0]
         out = []
         for item in value:
@@ -400,13 +469,16 @@ def _encode_primitive(enc_type: str, value: object) -> bytes:
 
 def _load(typed: object) -> _TypedData:
     td = _TypedData(typed)
+    td.check_limits()
     td.validate()  # geth validates at every EncodeData call; once up front gives the same outcome
     return td
 
 
 def encode_type(typed: Mapping[str, Any], primary_type: str) -> bytes:
     """`Name(type name,...)Dep(...)`: primary first, then dependencies sorted. Not validated, as in geth."""
-    return _TypedData(typed).encode_type(primary_type)
+    td = _TypedData(typed)
+    td.check_limits()
+    return td.encode_type(primary_type)
 
 
 def encode_data(typed: Mapping[str, Any], primary_type: str, data: Mapping[str, Any]) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,11 +62,20 @@ class Dispatcher:
     async def handle_body(self, body: bytes, ctx: CallContext) -> tuple[bytes | None, bool]:
         try:
             message = gojson.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # JSONDepthError is a ValueError
             return _dump(_error(None, PARSE_ERROR, "parse error")), False
         return await self.handle_message(message, ctx)
 
     async def handle_message(self, message: Any, ctx: CallContext) -> tuple[bytes | None, bool]:
+        try:
+            return await self._handle_message(message, ctx)
+        except Exception:
+            # A safety net, never reached by design (each call's errors are answered by _handle_one): the
+            # peer still gets one answer, never an HTTP 500 or, over IPC, silence.
+            log.exception("dispatching a message crashed")
+            return _dump(_error(None, INTERNAL_ERROR, "internal error")), True
+
+    async def _handle_message(self, message: Any, ctx: CallContext) -> tuple[bytes | None, bool]:
         if isinstance(message, list):
             if not message:
                 return _dump(_error(None, INVALID_REQUEST, "empty batch")), False
@@ -73,6 +83,7 @@ class Dispatcher:
                 # geth answers with a one-element batch carrying the first call's id (handler.go).
                 first = next((m.get("id") for m in message if isinstance(m, dict) and "id" in m
                               and isinstance(m.get("method"), str)), None)
+                first = first if _valid_id(first) else None
                 return _dump([_error(first, INVALID_REQUEST, "batch too large")]), False
             results = await asyncio.gather(*(self._handle_one(m, ctx) for m in message))
             replies = [r for r, _ in results if r is not None]
@@ -84,8 +95,11 @@ class Dispatcher:
     async def _handle_one(self, message: Any, ctx: CallContext) -> tuple[dict[str, Any] | None, bool]:
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str):
             request_id = message.get("id") if isinstance(message, dict) else None
-            return _error(request_id, INVALID_REQUEST, "invalid request"), False
+            return _error(request_id if _valid_id(request_id) else None, INVALID_REQUEST, "invalid request"), False
         request_id = message.get("id")
+        if not _valid_id(request_id):
+            # geth echoes the id's raw text (`1e400`); Python has read it as inf, which JSON cannot carry.
+            return _error(None, INVALID_REQUEST, "invalid request"), False
         notification = "id" not in message
         name = message["method"]
         start = time.perf_counter()
@@ -126,6 +140,11 @@ class Dispatcher:
         if len(params) < method.required:
             raise InvalidParams(f"missing value for required argument {len(params)}")
         return await method.handler(params, ctx)
+
+
+def _valid_id(request_id: Any) -> bool:
+    """Every id can be echoed except a number beyond float64 (`1e400` reads as inf): refused, -32600."""
+    return not (isinstance(request_id, float) and not math.isfinite(request_id))
 
 
 def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:

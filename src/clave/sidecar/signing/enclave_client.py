@@ -136,7 +136,11 @@ class EnclaveClient:
         # A bare timer instead of asyncio.wait_for: same effect, a fraction of the cost per call.
         timer = loop.call_later(timeout, _expire, future, f"{method} timed out after {timeout:g}s")
         try:
-            self._queue_frame(writer, protocol.encode_frame({"id": request_id, "method": method, "params": params or {}}))
+            try:
+                frame = protocol.encode_frame({"id": request_id, "method": method, "params": params or {}})
+            except protocol.FrameError as exc:  # the caller's request is too large for one frame
+                raise RequestError(f"request too large: {exc}") from None
+            self._queue_frame(writer, frame)
             reply = await future
         except (ConnectionError, OSError) as exc:
             raise EnclaveUnavailable(f"write failed: {exc}") from None

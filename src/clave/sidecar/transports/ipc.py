@@ -24,68 +24,104 @@ _STRUCTURE = re.compile(r'["\[\]{}]')
 _IN_STRING = re.compile(r'["\\]')
 
 
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NON_SPACE = re.compile(r"\S")
+_SCALAR_END = re.compile(r"[\s\[\]{}]")
+_IDLE, _SCALAR, _STRUCT = 0, 1, 2
+
+
 class JsonStreamSplitter:
-    """Splits a character stream into top-level JSON texts without parsing them twice."""
+    """Splits a character stream into top-level JSON texts without parsing them twice.
+
+    Linear in the stream: every character is scanned once, in the read it arrived in, and the scan state
+    (depth, inside a string, a pending backslash) carries over to the next read. An incomplete text is
+    kept as a list of pieces, joined once when it completes.
+    """
 
     def __init__(self) -> None:
-        self._buffer = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._parts: list[str] = []  # the incomplete text's pieces from earlier reads
+        self._size = 0
+        self._state = _IDLE
+        self._depth = 0
+        self._in_string = False
+        self._escape = False  # the previous read ended on a backslash inside a string
 
     def feed(self, data: bytes) -> list[str]:
-        self._buffer += self._decoder.decode(data)
+        chunk = self._decoder.decode(data)
         out: list[str] = []
-        while True:
-            text = self._next()
-            if text is None:
-                break
-            out.append(text)
-        if len(self._buffer) > MAX_MESSAGE:
-            raise ValueError("message too large")
+        n = len(chunk)
+        pos = start = 0  # start: where the current text begins in this chunk (0 when it began earlier)
+        if self._escape and n:
+            self._escape, pos = False, 1
+        while pos < n:
+            if self._state == _IDLE:
+                m = _NON_SPACE.search(chunk, pos)
+                if m is None:
+                    break
+                pos = start = m.start()
+                if chunk[pos] in "[{":
+                    self._state, self._depth = _STRUCT, 1
+                    pos += 1
+                else:
+                    # A bare scalar is never a valid request; hand it to the dispatcher to be refused.
+                    self._state = _SCALAR
+            elif self._state == _SCALAR:
+                m = _SCALAR_END.search(chunk, pos)
+                if m is None:
+                    break
+                pos = m.start()
+                out.append(self._take(chunk, start, pos))
+            elif self._in_string:
+                m = _STRING_REST.match(chunk, pos)  # the whole rest of the string, escapes included, in C
+                if m is not None:
+                    self._in_string, pos = False, m.end()
+                    continue
+                m = _IN_STRING.search(chunk, pos)  # the string goes on in the next read: step to its end
+                if m is None:
+                    break
+                pos = m.end()
+                if m.group(0) == '"':
+                    self._in_string = False
+                elif pos < n:
+                    pos += 1  # skip the escaped character
+                else:
+                    self._escape = True
+            else:
+                quote = chunk.find('"', pos)
+                end = n if quote < 0 else quote
+                closes = chunk.count("]", pos, end) + chunk.count("}", pos, end)
+                if closes < self._depth:  # the text cannot end before the next string: count in bulk
+                    self._depth += chunk.count("[", pos, end) + chunk.count("{", pos, end) - closes
+                    if quote < 0:
+                        break
+                    self._in_string, pos = True, quote + 1
+                    continue
+                m = _STRUCTURE.search(chunk, pos)
+                if m is None:
+                    break
+                ch = m.group(0)
+                pos = m.end()
+                if ch == '"':
+                    self._in_string = True
+                elif ch in "[{":
+                    self._depth += 1
+                else:
+                    self._depth -= 1
+                    if self._depth == 0:
+                        out.append(self._take(chunk, start, pos))
+        if self._state != _IDLE:
+            piece = chunk[start:]
+            self._parts.append(piece)
+            self._size += len(piece)
+            if self._size > MAX_MESSAGE:
+                raise ValueError("message too large")
         return out
 
-    def _next(self) -> str | None:
-        buf = self._buffer.lstrip()
-        self._buffer = buf
-        if not buf:
-            return None
-        if buf[0] not in "[{":
-            # A bare scalar is never a valid request; hand it to the dispatcher to be refused.
-            match = re.match(r"[^\s\[\]{}]+", buf)
-            if match is None or match.end() == len(buf):
-                return None
-            self._buffer = buf[match.end():]
-            return match.group(0)
-        depth, pos = 0, 0
-        while True:
-            m = _STRUCTURE.search(buf, pos)
-            if m is None:
-                return None
-            ch = m.group(0)
-            pos = m.end()
-            if ch == '"':
-                pos = _string_end(buf, pos)
-                if pos < 0:
-                    return None
-            elif ch in "[{":
-                depth += 1
-            else:
-                depth -= 1
-                if depth == 0:
-                    self._buffer = buf[pos:]
-                    return buf[:pos]
-
-
-def _string_end(buf: str, pos: int) -> int:
-    """Index just past the closing quote of a string starting at pos, or -1 if not yet complete."""
-    while True:
-        m = _IN_STRING.search(buf, pos)
-        if m is None:
-            return -1
-        if m.group(0) == '"':
-            return m.end()
-        pos = m.end() + 1  # skip the escaped character
-        if pos > len(buf):
-            return -1
+    def _take(self, chunk: str, start: int, end: int) -> str:
+        text = "".join(self._parts) + chunk[start:end] if self._parts else chunk[start:end]
+        self._parts, self._size, self._state = [], 0, _IDLE
+        return text
 
 
 class IpcServer:
@@ -118,7 +154,7 @@ class IpcServer:
         async def answer(text: str) -> None:
             try:
                 message = gojson.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # too deep is a parse error too (gojson.JSONDepthError)
                 reply, _ = await self.dispatcher.handle_body(b"\xff", ctx)  # parse-error reply
             else:
                 reply, _ = await self.dispatcher.handle_message(message, ctx)
