@@ -79,18 +79,18 @@ class EnclaveService:
         nonce = params.get("nonce")
         if nonce is not None and (not isinstance(nonce, bytes) or len(nonce) > 512):
             raise InvalidParams("nonce: expected at most 512 bytes")
-        document = nsm_api.attestation(self.state.nsm, nonce=nonce, public_key=self.state.boot_public)
+        document = nsm_api.attestation(
+            self.state.nsm, user_data=self.state.user_data(), nonce=nonce, public_key=self.state.boot_public
+        )
         return {"document": document}
 
     def load_master_key(self, params: dict[str, Any]) -> dict[str, Any]:
         envelope = _bytes(params, "ciphertext_for_recipient")
+        self.state.check_master_free()  # before opening anything: one key per boot, whatever it holds
         # expected_size keeps the parent from using us as a padding oracle on edited envelopes.
         data_key = open_enveloped_data(envelope, self.state.boot_key, expected_size=32)
-        if self.state.master_key is not None and self.state.master_key != data_key:
-            raise RequestError("a different master key is already loaded")
-        if self.state.master_key is None:
-            kdf_pool.warm()  # keyfile imports come once keys can be sealed
-        self.state.master_key = data_key
+        self.state.set_master(data_key)
+        kdf_pool.warm()  # keyfile imports come once keys can be sealed
         return {"ready": True}
 
     # -- records ---------------------------------------------------------------------------------

@@ -204,6 +204,9 @@ def build_sidecar(
             "refused_records": [r.describe() for r in status.refused[:REFUSED_SHOWN]],
             "store_reachable": store_ok,
             "task_restarts": dict(status.task_restarts),
+            # The enclave attested to the store's pinned master-key commitment (THREAT_MODEL.md).
+            "master_key_verified": status.master_verified,
+            "master_mismatch": status.master_mismatch or None,
             "last_error": status.last_error or None,
         }
         return (200 if ready else 503), body
@@ -213,6 +216,7 @@ def build_sidecar(
         metrics.keys_loaded.set(status.keys_loaded)
         metrics.records_refused.set(status.unseal_failures)
         metrics.attested.set(1 if status.attested else 0)
+        metrics.master_mismatch.set(1 if status.master_mismatch else 0)
         if status.attested:
             metrics.attestation_age.set(time.time() - status.attested_at)
         return metrics.render()

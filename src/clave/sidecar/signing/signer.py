@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
+from clave.core.provenance import ProvenanceError, decode_user_data
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
 from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.signing.enclave_client import (
@@ -36,12 +37,24 @@ log = logging.getLogger("clave.signer")
 
 META_KMS_KEY_ID = "kms_key_id"
 META_DATA_KEY = "kms_data_key"
+META_MASTER_COMMITMENT = "master_commitment"  # the store's master key, as the enclave attests to it
 UNSEAL_BATCH = 5000
 GENERATE_BATCH = 5000
 BULK = 1000  # from this many new accounts on, one full collection to freeze them is worth its pause
 ATTESTATION_MAX_AGE_MS = 5 * 60 * 1000
 LOGGED_REFUSALS = 100  # refused records named one per log line; beyond that, one line with the count
 MAX_REFUSED_CALLS = 100  # single records whose unseal call failed as a whole, before blaming the enclave
+
+
+class MasterKeyMismatch(InfraError):
+    """The enclave holds a master key that is not this store's (or one this sidecar cannot verify)."""
+
+    remedy = (
+        "something other than this sidecar loaded the enclave's master key (another process on the host, "
+        "or a KMS endpoint that returned another key); nothing is unsealed, created or imported until "
+        "the enclave is restarted (systemctl restart clave-enclave; locally, end the enclave process) "
+        "and this sidecar loads the store's key into it"
+    )
 
 
 class SealingProvider(Protocol):
@@ -96,6 +109,8 @@ class Status:
     pcrs: dict[int, bytes] = field(default_factory=dict)
     refused: list[RefusedRecord] = field(default_factory=list)  # records not loaded at the last unseal
     task_restarts: dict[str, int] = field(default_factory=dict)  # background tasks that died and were restarted
+    master_verified: bool = False  # the enclave attested to the store's pinned master-key commitment
+    master_mismatch: str = ""  # why the enclave's master key was refused, while it is
 
 
 class Signer:
@@ -124,6 +139,8 @@ class Signer:
         self._position = 0  # the last store record this process has seen
         self._failed: set[bytes] = set()  # row addresses of the stored records that were refused
         self._checked_connection = 0  # the enclave connection last seen to hold every account's key
+        self._boot_public: bytes | None = None  # the enclave boot whose master key was verified
+        self._delivered_to: bytes | None = None  # the boot this sidecar loaded a master key into itself
         self._unseal_refusals = 0  # records refused alone by a failed unseal call, in this bring-up
         self._bring_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,27 +174,86 @@ class Signer:
         )
         return document, verified
 
+    async def _attest_boot(self, boot_public: bytes) -> tuple[bytes, AttestationDocument]:
+        document, verified = await self.attest(os.urandom(32))
+        if verified.public_key != boot_public:
+            raise InfraError(
+                "attested public key differs from the enclave's boot key",
+                remedy="retried; if it persists, something between the sidecar and the enclave answers for it",
+            )
+        self.status.attested, self.status.attested_at = True, self.clock()
+        self.status.pcrs = dict(verified.pcrs)
+        return document, verified
+
     async def bring_up(self) -> None:
         async with self._bring_up_lock:
+            self._boot_public = None
+            self.status.master_verified = False
             hello = await self.client.call("hello")
             self.status.enclave_reachable = True
-            nonce = os.urandom(32)
-            document, verified = await self.attest(nonce)
-            if verified.public_key != hello["public_key"]:
-                raise InfraError(
-                    "attested public key differs from the enclave's boot key",
-                    remedy="retried; if it persists, something between the sidecar and the enclave answers for it",
-                )
-            self.status.attested, self.status.attested_at = True, self.clock()
-            self.status.pcrs = dict(verified.pcrs)
+            boot = hello["public_key"]
+            document, verified = await self._attest_boot(boot)
             if not hello["ready"]:
                 await self._load_master_key(document, verified)
+                # One master key per boot: whatever this attests to is the only key this boot holds.
+                _, verified = await self._attest_boot(boot)
             records = await asyncio.to_thread(self.store.records)
-            await self._unseal(records)
+            await self._verify_master(verified, boot, records)
+            self._boot_public = boot
+            self.status.master_verified = True
+            self.status.master_mismatch = ""
             self.status.keys_unsealed = True
             self.status.last_error = ""
             self._ready.set()
             log.info("enclave ready: %d accounts unsealed", self.status.keys_loaded)
+
+    async def _verify_master(self, verified: AttestationDocument, boot: bytes, records: list[StoredRecord]) -> None:
+        """Check the enclave's attested master-key commitment against the store's pin, then unseal. A
+        store without a pin (made before pins existed, or a first start cut short) pins the commitment
+        once it is proven: a record unsealed under it (AEAD), or, with no record yet, the key this sidecar
+        itself loaded from KMS into this very boot (first-start trust in KMS; THREAT_MODEL.md)."""
+        try:
+            commitment = decode_user_data(verified.user_data)
+        except ProvenanceError as exc:
+            raise MasterKeyMismatch(f"master key: {exc.message}") from None
+        if commitment is None:
+            raise MasterKeyMismatch("master key: the enclave says it is ready but attests to no master key")
+        pinned = await asyncio.to_thread(self.store.get_meta, META_MASTER_COMMITMENT)
+        if pinned is not None:
+            if commitment != pinned:
+                self._accounts_gone()
+                raise MasterKeyMismatch(
+                    f"master key mismatch: the enclave attests to master key {commitment.hex()[:16]}…, the "
+                    f"store's is {pinned.hex()[:16]}…; refusing to unseal, create or import"
+                )
+            await self._unseal(records)
+            return
+        if records:
+            await self._unseal(records)
+            if self.status.keys_loaded == 0:
+                self._accounts_gone()
+                raise MasterKeyMismatch(
+                    f"master key mismatch: the enclave's master key opens none of the store's {len(records)} "
+                    "records (and the store has no pinned commitment yet); refusing to create or import"
+                )
+            how = f"{self.status.keys_loaded} records unsealed under it"
+        elif self._delivered_to == boot:
+            self._accounts, self._failed = {}, set()
+            self.status.keys_loaded, self.status.unseal_failures, self.status.refused = 0, 0, []
+            how = "loaded by this sidecar from KMS into this boot; no record yet (first start)"
+        else:
+            self._accounts_gone()
+            raise MasterKeyMismatch(
+                "master key unverifiable: the enclave already holds a master key that this sidecar did not "
+                "load, and the store has neither a pinned commitment nor a record to check it with"
+            )
+        await asyncio.to_thread(self.store.set_meta, META_MASTER_COMMITMENT, commitment)
+        log.warning("pinned the store's master-key commitment %s (%s)", commitment.hex(), how)
+
+    def _accounts_gone(self) -> None:
+        """The enclave holds none of the store's keys."""
+        self.status.keys_loaded = 0
+        self.status.keys_unsealed = False
 
     async def _load_master_key(self, document: bytes, verified: AttestationDocument) -> None:
         key_id = self.kms_key_id or _text(self.store.get_meta(META_KMS_KEY_ID))
@@ -189,8 +265,14 @@ class Signer:
         self.kms_key_id = key_id
         wrapped = self.store.get_meta(META_DATA_KEY)
         if wrapped is None:
+            if self.store.get_meta(META_MASTER_COMMITMENT) is not None:
+                raise MasterKeyMismatch(
+                    "the store pins a master-key commitment but holds no wrapped data key",
+                    remedy="restore keystore.sqlite from a backup: a new data key would never match the pin",
+                )
             wrapped, for_recipient = await self.sealing.generate_data_key(key_id, document)
             await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+            self._delivered_to = verified.public_key
             # Stored only after the enclave accepted it, so a failed first start leaves nothing behind.
             self.store.set_meta(META_DATA_KEY, wrapped)
         else:
@@ -203,6 +285,7 @@ class Signer:
                 await self.repin_key(key_id, verified)
                 for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
             await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+            self._delivered_to = verified.public_key
 
     async def _unseal(self, records: list[StoredRecord]) -> None:
         """Hand the stored records to the enclave. A record that cannot be decoded or unsealed is refused
@@ -276,14 +359,21 @@ class Signer:
             try:
                 hello = await self.client.call("hello", timeout=max(interval, 2.0))
                 self.status.enclave_reachable = True
-                if not hello["ready"] or hello["keys"] < len(self._accounts) or not self.ready:
+                restarted = hello["public_key"] != self._boot_public  # a new boot, perhaps another's key
+                if restarted or not hello["ready"] or hello["keys"] < len(self._accounts) or not self.ready:
                     self._ready.clear()
                     self.status.keys_unsealed = False
                     await self.bring_up()
             except (InfraError, RequestError) as exc:
                 self.status.enclave_reachable = not isinstance(exc, EnclaveUnavailable)
-                if self.status.last_error != exc.message:
-                    log.warning("bring-up: %s", exc.message)
+                if isinstance(exc, MasterKeyMismatch):
+                    if self.status.master_mismatch != exc.message:
+                        log.error("REFUSING THE ENCLAVE: %s (%s)", exc.message, exc.remedy)
+                    self.status.master_mismatch = exc.message
+                else:
+                    self.status.master_mismatch = ""
+                    if self.status.last_error != exc.message:
+                        log.warning("bring-up: %s", exc.message)
                 self.status.last_error = exc.message
                 self._ready.clear()
                 self.status.keys_unsealed = False
@@ -296,6 +386,11 @@ class Signer:
                 self.status.keys_unsealed = False
             self.attempted.set()
             await asyncio.sleep(interval)
+
+    @property
+    def boot_public(self) -> bytes | None:
+        """The boot key of the enclave whose master key was last verified (None while none is)."""
+        return self._boot_public
 
     def task_restarted(self, name: str) -> None:
         """Count a background task that died and was restarted (status, /healthz and the metric)."""
@@ -383,6 +478,10 @@ class Signer:
         them all, answer "not ready" (503), not "unknown account"."""
         hello = await self.client.call("hello")
         connection = self.client.connections
+        if hello["public_key"] != self._boot_public:
+            # Another boot than the one whose master key was verified: nothing goes to it until the watch
+            # (or, for a worker, the primary) has checked its attested master key.
+            raise EnclaveNotReady("the enclave restarted; its master key is being verified")
         if not hello["ready"] or hello["keys"] < len(self._accounts):
             raise EnclaveNotReady("the enclave restarted; keys are being unsealed again")
         self._checked_connection = connection
@@ -457,6 +556,10 @@ class FollowerSigner(Signer):
         status.unseal_failures = int(update["unseal_failures"])
         status.last_error = str(update["last_error"])
         status.refused = [RefusedRecord.from_description(item) for item in update.get("refused", [])]
+        status.master_verified = bool(update.get("master_verified", False))
+        status.master_mismatch = str(update.get("master_mismatch", ""))
+        boot = update.get("boot_public")
+        self._boot_public = bytes.fromhex(boot) if isinstance(boot, str) else None
         if not update["ready"]:
             self._ready.clear()
             return
