@@ -18,6 +18,7 @@ from clave.cli.client import (
     add_common_options,
     attested_public_key,
     connect,
+    pinned_commitment,
     read_password,
 )
 from clave.cli.opera import add_validator_commands
@@ -164,12 +165,35 @@ def cmd_attest(args: argparse.Namespace) -> int:
     try:
         verified = _verify_document(document, args, nonce=nonce, at_ms=int(time.time() * 1000))
         result.update(verified=True, document=describe(verified))
+        result.update(_master_commitment(verified, args))
     except Exception as exc:
         result.update(verified=False, error=str(exc))
     if args.out:
         Path(args.out).write_bytes(document)
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["verified"] else 1
+
+
+def _master_commitment(verified: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The master-key commitment the enclave attests to, the one the store pins, and whether they match."""
+    from clave.core.provenance import ProvenanceError, decode_user_data
+
+    try:
+        attested = decode_user_data(verified.user_data)
+    except ProvenanceError as exc:
+        return {"master_commitment": None, "master_commitment_error": exc.message}
+    store = Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite"
+    pinned = None
+    if store.exists():
+        try:
+            pinned = pinned_commitment(store.parent)
+        except SystemExit:
+            pinned = None
+    return {
+        "master_commitment": attested.hex() if attested is not None else None,
+        "master_commitment_pinned": pinned.hex() if pinned is not None else None,
+        "master_commitment_matches": attested is not None and attested == pinned,
+    }
 
 
 def _verify_document(document: bytes, args: argparse.Namespace, *, nonce: bytes | None, at_ms: int):  # type: ignore[no-untyped-def]
