@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,11 @@ def test_previous_release_datadir_opens_and_signs(tmp_path: Path) -> None:
     clave.start()
     try:
         assert sorted(clave.rpc("account_list")) == sorted([IMPORTED, GENERATED])
+        # The old store had no master-key pin: the first bring-up that unsealed its records pinned it.
+        db = sqlite3.connect(datadir / "keystore.sqlite")
+        pinned = db.execute("SELECT value FROM meta WHERE name = 'master_commitment'").fetchone()
+        db.close()
+        assert pinned is not None and len(pinned[0]) == 32
         for address in (IMPORTED, GENERATED):
             signature = clave.rpc("eth_sign", address, "0x6c6567616379")
             recovered = Account.recover_message(encode_defunct(b"legacy"), signature=signature)
