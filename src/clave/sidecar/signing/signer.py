@@ -199,6 +199,7 @@ class Signer:
                 _, verified = await self._attest_boot(boot)
             records = await asyncio.to_thread(self.store.records)
             await self._verify_master(verified, boot, records)
+            await self._same_boot(boot)
             self._boot_public = boot
             self.status.master_verified = True
             self.status.master_mismatch = ""
@@ -247,8 +248,14 @@ class Signer:
                 "master key unverifiable: the enclave already holds a master key that this sidecar did not "
                 "load, and the store has neither a pinned commitment nor a record to check it with"
             )
+        await self._same_boot(boot)  # what opened the records is the boot that attested to the commitment
         await asyncio.to_thread(self.store.set_meta, META_MASTER_COMMITMENT, commitment)
         log.warning("pinned the store's master-key commitment %s (%s)", commitment.hex(), how)
+
+    async def _same_boot(self, boot: bytes) -> None:
+        """InfraError (retried) if the enclave restarted since it attested: a new boot is verified anew."""
+        if (await self.client.call("hello"))["public_key"] != boot:
+            raise InfraError("the enclave restarted during bring-up", remedy="retried at once by the watch")
 
     def _accounts_gone(self) -> None:
         """The enclave holds none of the store's keys."""
