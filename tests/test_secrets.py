@@ -96,8 +96,9 @@ async def test_in_process_import_export_and_sign_leave_no_secret(tmp_path: Path,
     secrets = KnownSecrets()
     key = Account.create().key
     password, export_password = "in-process import password 4", "in-process export password 8"
-    secrets.update({key.hex(), password, export_password})
-    async with running_stack(tmp_path / "stack") as stack:
+    admin = Account.create()
+    secrets.update({key.hex(), password, export_password, admin.key.hex()})
+    async with running_stack(tmp_path / "stack", admins=[bytes.fromhex(admin.address[2:])]) as stack:
         nonce = os.urandom(32)
         document = bytes.fromhex((await stack.rpc("clave_attest", "0x" + nonce.hex()))[2:])
         public_key = verify_attestation(document, root=load_root(stack.root_pem), now_ms=int(time.time() * 1000),
@@ -110,7 +111,7 @@ async def test_in_process_import_export_and_sign_leave_no_secret(tmp_path: Path,
         sealed = seal_to(public_key, {"keyfile": keyfile, "password": password})
         address = await stack.rpc("clave_importKeyfile", "0x" + sealed.hex(), True)
         export = seal_to(public_key, {"password": export_password})
-        (tmp_path / "exported.json").write_text(await stack.rpc("clave_exportKeyfile", address, "0x" + export.hex()))
+        (tmp_path / "exported.json").write_text(await stack.export(address, "0x" + export.hex(), admin))
         await stack.rpc("eth_sign", address, "0x00")
         await stack.http_rpc("eth_sign", address, "0x01")
     haystack = files_under(tmp_path / "stack") + [("captured log records", caplog.text.encode())]

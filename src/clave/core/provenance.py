@@ -9,7 +9,9 @@ one (or none while it says it is ready); the CLI checks it before sealing a secr
 The commitment is HMAC-SHA256 keyed by the master key over a fixed label: a PRF output, so it says
 nothing about the key, and the same key always gives the same commitment (boot after boot).
 
-`user_data` is the CBOR map `{"v": 1, "master": <32 bytes>}`, or absent while no key is loaded.
+`user_data` is the CBOR map `{"v": 1, "master": <32 bytes>}`, or absent while no key is loaded; once the
+enclave holds an operator admin set (export authorization), the map also has `"admins": <32 bytes>`, the
+`admin_set_hash` of it.
 """
 
 from __future__ import annotations
@@ -37,18 +39,59 @@ def master_commitment(master_key: bytes) -> bytes:
     return hmac.new(master_key, COMMITMENT_LABEL, hashlib.sha256).digest()
 
 
-def encode_user_data(master: bytes | None) -> bytes | None:
-    """The `user_data` an enclave holding a key with commitment `master` attests to (None: no key yet)."""
+ADMINS_LABEL = b"clave/admin-set/v1"
+MAX_ADMINS = 16
+
+
+def admin_set_hash(admins: list[bytes] | tuple[bytes, ...] | frozenset[bytes]) -> bytes:
+    """SHA-256 over the sorted 20-byte admin addresses, under a label."""
+    return hashlib.sha256(ADMINS_LABEL + b"".join(sorted(admins))).digest()
+
+
+def export_message(address: bytes, challenge: bytes) -> bytes:
+    """The text an admin signs (EIP-191 personal message) to authorize one export of `address`."""
+    return f"clave: authorize export of 0x{address.hex()} (challenge 0x{challenge.hex()})".encode()
+
+
+def encode_user_data(master: bytes | None, admins: bytes | None = None) -> bytes | None:
+    """The `user_data` an enclave holding a key with commitment `master` (and an admin set with hash
+    `admins`) attests to (None: no key yet)."""
     if master is None:
         return None
     if len(master) != COMMITMENT_SIZE:
         raise ValueError("a master-key commitment is 32 bytes")
-    return cbor2.dumps({"v": USER_DATA_VERSION, "master": master})
+    value: dict[str, Any] = {"v": USER_DATA_VERSION, "master": master}
+    if admins is not None:
+        value["admins"] = admins
+    return cbor2.dumps(value)
+
+
+def decode_admins(user_data: bytes | None) -> bytes | None:
+    """The admin-set hash in `user_data`, or None when the enclave holds no admin set."""
+    value = _decode(user_data)
+    if value is None:
+        return None
+    admins = value.get("admins")
+    if admins is None:
+        return None
+    if not isinstance(admins, bytes) or len(admins) != COMMITMENT_SIZE:
+        raise ProvenanceError("attestation user_data: admins must be 32 bytes")
+    return admins
 
 
 def decode_user_data(user_data: bytes | None) -> bytes | None:
     """The master-key commitment in an attestation document's `user_data`, or None when there is none
     (the enclave holds no master key yet). Anything else than clave's map is refused."""
+    value = _decode(user_data)
+    if value is None:
+        return None
+    master = value.get("master")
+    if not isinstance(master, bytes) or len(master) != COMMITMENT_SIZE:
+        raise ProvenanceError("attestation user_data: master must be 32 bytes")
+    return master
+
+
+def _decode(user_data: bytes | None) -> dict[str, Any] | None:
     if user_data is None or user_data == b"":
         return None
     if len(user_data) > MAX_USER_DATA:
@@ -59,7 +102,4 @@ def decode_user_data(user_data: bytes | None) -> bytes | None:
         raise ProvenanceError("attestation user_data is not CBOR") from None
     if not isinstance(value, dict) or value.get("v") != USER_DATA_VERSION:
         raise ProvenanceError("attestation user_data is not a clave provenance map (v 1)")
-    master = value.get("master")
-    if not isinstance(master, bytes) or len(master) != COMMITMENT_SIZE:
-        raise ProvenanceError("attestation user_data: master must be 32 bytes")
-    return master
+    return value

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from clave.core.envelope import open_envelope
 from clave.core.errors import InfraError, RequestError
 from clave.core.provenance import encode_user_data, master_commitment
+from clave.enclave.admins import AdminSet
 from clave.enclave.nitro import nsm as nsm_api
 
 
@@ -36,6 +37,7 @@ class EnclaveState:
         )
         self.master_key: bytes | None = None
         self.commitment: bytes | None = None  # master_commitment(master_key), attested in user_data
+        self.admin_set = AdminSet()  # who may authorize exports; its hash is attested too
 
     @property
     def ready(self) -> bool:
@@ -65,7 +67,7 @@ class EnclaveState:
 
     def user_data(self) -> bytes | None:
         """What attestation documents carry in user_data: the master-key commitment, once a key is loaded."""
-        return encode_user_data(self.commitment)
+        return encode_user_data(self.commitment, self.admin_set.hash)
 
     def random(self, count: int) -> bytes:
         """`count` bytes from the NSM's random source."""

@@ -147,6 +147,7 @@ def build_sidecar(
             kms_key_id=config.kms_key_id,
             provision_key=provision_key,
             repin_key=repin_key,
+            admins=list(config.admins),
         )
     signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
     methods = build_methods(signer, config, metrics)
@@ -207,6 +208,9 @@ def build_sidecar(
             # The enclave attested to the store's pinned master-key commitment (THREAT_MODEL.md).
             "master_key_verified": status.master_verified,
             "master_mismatch": status.master_mismatch or None,
+            # Who may authorize keyfile exports (sealed by the enclave under the master key).
+            "admins": ["0x" + a.hex() for a in status.admins],
+            "admins_pending": status.admins_pending,
             "last_error": status.last_error or None,
         }
         return (200 if ready else 503), body

@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import cbor2
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
-from clave.core.provenance import ProvenanceError, decode_user_data
+from clave.core.provenance import ProvenanceError, admin_set_hash, decode_admins, decode_user_data
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
 from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.signing.enclave_client import (
@@ -38,6 +39,8 @@ log = logging.getLogger("clave.signer")
 META_KMS_KEY_ID = "kms_key_id"
 META_DATA_KEY = "kms_data_key"
 META_MASTER_COMMITMENT = "master_commitment"  # the store's master key, as the enclave attests to it
+META_ADMIN_SET = "admin_set"  # the operator admin set, sealed by the enclave under the master key (CBOR)
+META_ADMIN_PENDING = "admin_pending"  # an admin set to make at the next enclave boot (CBOR list; b"" = none)
 UNSEAL_BATCH = 5000
 GENERATE_BATCH = 5000
 BULK = 1000  # from this many new accounts on, one full collection to freeze them is worth its pause
@@ -55,6 +58,10 @@ class MasterKeyMismatch(InfraError):
         "the enclave is restarted (systemctl restart clave-enclave; locally, end the enclave process) "
         "and this sidecar loads the store's key into it"
     )
+
+
+class AdminSetMismatch(MasterKeyMismatch):
+    """The enclave holds an admin set other than the store's (someone else set it in this boot)."""
 
 
 class SealingProvider(Protocol):
@@ -111,6 +118,8 @@ class Status:
     task_restarts: dict[str, int] = field(default_factory=dict)  # background tasks that died and were restarted
     master_verified: bool = False  # the enclave attested to the store's pinned master-key commitment
     master_mismatch: str = ""  # why the enclave's master key was refused, while it is
+    admins: list[bytes] = field(default_factory=list)  # the enclave's admin set (export authorization)
+    admins_pending: bool = False  # an admin set waits for the next enclave boot
 
 
 class Signer:
@@ -125,8 +134,10 @@ class Signer:
         provision_key: Callable[[AttestationDocument], Any] | None = None,
         repin_key: Callable[[str, AttestationDocument], Any] | None = None,
         clock: Callable[[], float] = time.time,
+        admins: list[bytes] | None = None,
     ) -> None:
         self.client = client
+        self.admins = admins  # `--admin`: the admin set of a new datadir
         self.store = store
         self.sealing = sealing
         self.attestation = attestation
@@ -200,6 +211,7 @@ class Signer:
             records = await asyncio.to_thread(self.store.records)
             await self._verify_master(verified, boot, records)
             await self._same_boot(boot)
+            self.status.admins = await self._settle_admins(boot)
             self._boot_public = boot
             self.status.master_verified = True
             self.status.master_mismatch = ""
@@ -227,6 +239,9 @@ class Signer:
                     f"master key mismatch: the enclave attests to master key {commitment.hex()[:16]}…, the "
                     f"store's is {pinned.hex()[:16]}…; refusing to unseal, create or import"
                 )
+            # The key is the store's: settle the admin set first (a new one is made only in a boot that
+            # holds no keys yet), then unseal.
+            await self._settle_admins(boot)
             await self._unseal(records)
             return
         if records:
@@ -251,6 +266,43 @@ class Signer:
         await self._same_boot(boot)  # what opened the records is the boot that attested to the commitment
         await asyncio.to_thread(self.store.set_meta, META_MASTER_COMMITMENT, commitment)
         log.warning("pinned the store's master-key commitment %s (%s)", commitment.hex(), how)
+
+    async def _settle_admins(self, boot: bytes) -> list[bytes]:
+        """Give the enclave the store's admin set (sealed under the master key), or make the pending one,
+        and check the admin-set hash it attests to. Returns the enclave's admin set."""
+        _, verified = await self._attest_boot(boot)
+        try:
+            attested = decode_admins(verified.user_data)
+        except ProvenanceError as exc:
+            raise AdminSetMismatch(f"admin set: {exc.message}") from None
+        stored = await asyncio.to_thread(self.store.get_meta, META_ADMIN_SET)
+        pending_raw = await asyncio.to_thread(self.store.get_meta, META_ADMIN_PENDING)
+        pending = [bytes(a) for a in cbor2.loads(pending_raw)] if pending_raw else None
+        self.status.admins_pending = False
+        if stored is not None:
+            record = cbor2.loads(stored)
+            admins = [bytes(a) for a in record["admins"]]
+            if attested is None:
+                await self.client.call("load_admins", {"record": record})
+                _, verified = await self._attest_boot(boot)
+                attested = decode_admins(verified.user_data)
+            if attested != admin_set_hash(admins):
+                raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set other than the store's")
+            return admins
+        if pending is not None and attested is None:
+            try:
+                result = await self.client.call("init_admins", {"admins": pending})
+            except RequestError as exc:
+                self.status.admins_pending = True
+                log.warning("admin set pending until the next enclave boot: %s", exc.message)
+                return []
+            await asyncio.to_thread(self.store.set_meta, META_ADMIN_SET, cbor2.dumps(result["record"]))
+            await asyncio.to_thread(self.store.set_meta, META_ADMIN_PENDING, b"")
+            log.warning("admin set sealed: %s", ", ".join("0x" + a.hex() for a in sorted(pending)))
+            return await self._settle_admins(boot)
+        if attested is not None:
+            raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set this store does not have")
+        return []
 
     async def _same_boot(self, boot: bytes) -> None:
         """InfraError (retried) if the enclave restarted since it attested: a new boot is verified anew."""
@@ -282,6 +334,8 @@ class Signer:
             self._delivered_to = verified.public_key
             # Stored only after the enclave accepted it, so a failed first start leaves nothing behind.
             self.store.set_meta(META_DATA_KEY, wrapped)
+            if self.admins:  # a new datadir: its admin set is made once the key is verified (bring-up)
+                self.store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(self.admins)))
         else:
             try:
                 for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
@@ -520,9 +574,15 @@ class Signer:
         (address,) = await self._persist([result["record"]])
         return address
 
-    async def export_keyfile(self, address: bytes, envelope: bytes) -> str:
+    async def export_challenge(self, address: bytes) -> bytes:
         await self.require(address)
-        result = await self._call("export_keyfile", {"address": address, "envelope": envelope}, timeout=SLOW_TIMEOUT)
+        result = await self._call("export_challenge", {"address": address})
+        return bytes(result["challenge"])
+
+    async def export_keyfile(self, address: bytes, envelope: bytes, challenge: bytes, signature: bytes) -> str:
+        await self.require(address)
+        params = {"address": address, "envelope": envelope, "challenge": challenge, "signature": signature}
+        result = await self._call("export_keyfile", params, timeout=SLOW_TIMEOUT)
         return str(result["keyfile"])
 
     async def sign_tx(self, address: bytes, tx: NormalizedTx) -> SignedTx:
@@ -565,6 +625,8 @@ class FollowerSigner(Signer):
         status.refused = [RefusedRecord.from_description(item) for item in update.get("refused", [])]
         status.master_verified = bool(update.get("master_verified", False))
         status.master_mismatch = str(update.get("master_mismatch", ""))
+        status.admins = [bytes.fromhex(a) for a in update.get("admins", [])]
+        status.admins_pending = bool(update.get("admins_pending", False))
         boot = update.get("boot_public")
         self._boot_public = bytes.fromhex(boot) if isinstance(boot, str) else None
         if not update["ready"]:
