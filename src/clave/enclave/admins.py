@@ -32,7 +32,7 @@ MAX_CHALLENGES = 1024  # outstanding; the oldest are dropped beyond that
 
 
 class NoAdminSet(RequestError):
-    remedy = "export needs an admin set: `clave up --admin 0xADDR` on a new datadir, or `clave admin init --admin 0xADDR`"
+    """No admin set in this boot: exports are refused (the message carries the remedy across the link)."""
 
 
 def parse_admins(value: Any) -> tuple[bytes, ...]:
@@ -93,7 +93,10 @@ class AdminSet:
 
     def require(self) -> tuple[bytes, ...]:
         if self.admins is None:
-            raise NoAdminSet("export refused: this enclave has no admin set")
+            raise NoAdminSet(
+                "export refused: this enclave has no admin set (make one: `clave up --admin 0xADDR` on a new "
+                "datadir, or `clave admin init --admin 0xADDR` once, then restart the enclave)"
+            )
         return self.admins
 
     def authorize(self, address: bytes, challenge: Any, signature: Any, now: float) -> bytes:

@@ -200,6 +200,7 @@ class Signer:
         async with self._bring_up_lock:
             self._boot_public = None
             self.status.master_verified = False
+            self.status.admins = []
             hello = await self.client.call("hello")
             self.status.enclave_reachable = True
             boot = hello["public_key"]
@@ -287,6 +288,7 @@ class Signer:
                 _, verified = await self._attest_boot(boot)
                 attested = decode_admins(verified.user_data)
             if attested != admin_set_hash(admins):
+                self._accounts_gone()
                 raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set other than the store's")
             return admins
         if pending is not None and attested is None:
@@ -301,6 +303,7 @@ class Signer:
             log.warning("admin set sealed: %s", ", ".join("0x" + a.hex() for a in sorted(pending)))
             return await self._settle_admins(boot)
         if attested is not None:
+            self._accounts_gone()
             raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set this store does not have")
         return []
 
