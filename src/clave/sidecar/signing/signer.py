@@ -152,6 +152,7 @@ class Signer:
         self._checked_connection = 0  # the enclave connection last seen to hold every account's key
         self._boot_public: bytes | None = None  # the enclave boot whose master key was verified
         self._delivered_to: bytes | None = None  # the boot this sidecar loaded a master key into itself
+        self._made_admins: tuple[bytes, Any] | None = None  # (boot, sealed admin set) not stored yet
         self._unseal_refusals = 0  # records refused alone by a failed unseal call, in this bring-up
         self._bring_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -246,6 +247,7 @@ class Signer:
             await self._unseal(records)
             return
         if records:
+            await self._settle_admins(boot, persist=False)  # a new set is made before any key is unsealed
             await self._unseal(records)
             if self.status.keys_loaded == 0:
                 self._accounts_gone()
@@ -268,20 +270,27 @@ class Signer:
         await asyncio.to_thread(self.store.set_meta, META_MASTER_COMMITMENT, commitment)
         log.warning("pinned the store's master-key commitment %s (%s)", commitment.hex(), how)
 
-    async def _settle_admins(self, boot: bytes) -> list[bytes]:
-        """Give the enclave the store's admin set (sealed under the master key), or make the pending one,
-        and check the admin-set hash it attests to. Returns the enclave's admin set."""
+    async def _settle_admins(self, boot: bytes, *, persist: bool = True) -> list[bytes]:
+        """Give the enclave the store's admin set (sealed under the master key), or make the pending one
+        (the enclave takes a new one only while it holds no key), and check the admin-set hash it attests
+        to. A made set is stored only once the master key is verified (`persist`). Returns the enclave's
+        admin set."""
         _, verified = await self._attest_boot(boot)
         try:
             attested = decode_admins(verified.user_data)
         except ProvenanceError as exc:
             raise AdminSetMismatch(f"admin set: {exc.message}") from None
         stored = await asyncio.to_thread(self.store.get_meta, META_ADMIN_SET)
-        pending_raw = await asyncio.to_thread(self.store.get_meta, META_ADMIN_PENDING)
-        pending = [bytes(a) for a in cbor2.loads(pending_raw)] if pending_raw else None
+        record: Any = cbor2.loads(stored) if stored is not None else None
+        if record is None and self._made_admins is not None and self._made_admins[0] == boot:
+            record = self._made_admins[1]
+            if persist:
+                await asyncio.to_thread(self.store.set_meta, META_ADMIN_SET, cbor2.dumps(record))
+                await asyncio.to_thread(self.store.set_meta, META_ADMIN_PENDING, b"")
+                self._made_admins = None
+                log.warning("admin set sealed: %s", ", ".join("0x" + bytes(a).hex() for a in record["admins"]))
         self.status.admins_pending = False
-        if stored is not None:
-            record = cbor2.loads(stored)
+        if record is not None:
             admins = [bytes(a) for a in record["admins"]]
             if attested is None:
                 await self.client.call("load_admins", {"record": record})
@@ -291,6 +300,8 @@ class Signer:
                 self._accounts_gone()
                 raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set other than the store's")
             return admins
+        pending_raw = await asyncio.to_thread(self.store.get_meta, META_ADMIN_PENDING)
+        pending = [bytes(a) for a in cbor2.loads(pending_raw)] if pending_raw else None
         if pending is not None and attested is None:
             try:
                 result = await self.client.call("init_admins", {"admins": pending})
@@ -298,10 +309,8 @@ class Signer:
                 self.status.admins_pending = True
                 log.warning("admin set pending until the next enclave boot: %s", exc.message)
                 return []
-            await asyncio.to_thread(self.store.set_meta, META_ADMIN_SET, cbor2.dumps(result["record"]))
-            await asyncio.to_thread(self.store.set_meta, META_ADMIN_PENDING, b"")
-            log.warning("admin set sealed: %s", ", ".join("0x" + a.hex() for a in sorted(pending)))
-            return await self._settle_admins(boot)
+            self._made_admins = (boot, result["record"])
+            return await self._settle_admins(boot, persist=persist)
         if attested is not None:
             self._accounts_gone()
             raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set this store does not have")
