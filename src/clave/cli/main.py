@@ -438,7 +438,8 @@ def cmd_account_export(args: argparse.Namespace) -> int:
         envelope = seal_to(public_key, {"password": password})
         try:
             challenge = bytes.fromhex(client.call("clave_exportChallenge", args.address)[2:])
-            signature = admin.sign_message(encode_defunct(export_message(bytes.fromhex(args.address[2:]), challenge)))
+            address = bytes.fromhex(args.address.lower().removeprefix("0x"))
+            signature = admin.sign_message(encode_defunct(export_message(address, challenge)))
             keyfile = client.call("clave_exportKeyfile", args.address, "0x" + envelope.hex(), "0x" + challenge.hex(),
                                   "0x" + bytes(signature.signature).hex())
         except RpcCallError as exc:

@@ -314,6 +314,9 @@ class Signer:
         if attested is not None:
             self._accounts_gone()
             raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set this store does not have")
+        if self.admins:
+            log.warning("--admin names the admin set of a new datadir; this one was made without: run "
+                        "`clave admin init --admin …` once and restart the enclave")
         return []
 
     async def _same_boot(self, boot: bytes) -> None:
