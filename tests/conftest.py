@@ -28,7 +28,7 @@ import pytest
 
 from tests import secrets_search
 from tests.inproc import kdf_inline
-from tests.stack import Anvil, ClaveProcess
+from tests.stack import Admin, Anvil, ClaveProcess
 from tests.vectors import skip_or_fail, vector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +182,11 @@ def clave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClaveProcess]:
     tests handed to it (`secrets_search.KNOWN_SECRETS`), wherever the tests that did so ran in the order:
     a leak fails the session, naming the secret's description and the file, never the secret.
     """
-    proc = ClaveProcess(tmp_path_factory.mktemp("clave"), chain_ids="31337,1")
+    admin = Admin(tmp_path_factory.mktemp("admin"))  # authorizes `account export` (README "Accounts")
+    secrets_search.KNOWN_SECRETS.add(admin.key.hex())
+    secrets_search.KNOWN_SECRETS.add(Admin.PASSWORD)
+    proc = ClaveProcess(tmp_path_factory.mktemp("clave"), chain_ids="31337,1", extra=["--admin", admin.address])
+    proc.admin = admin
     proc.start()
     yield proc
     proc.stop()

@@ -151,6 +151,18 @@ class Stack:
             raise RpcFailure(reply["error"]["code"], reply["error"]["message"], 503 if infra else 200)
         return reply["result"]
 
+    async def export(self, address: str, envelope: str, admin: Any) -> Any:
+        """clave_exportKeyfile as `clave account export` calls it: an enclave-issued challenge for the
+        address, signed (EIP-191) by `admin`, an eth-account LocalAccount of the datadir's admin set."""
+        from eth_account.messages import encode_defunct
+
+        from clave.core.provenance import export_message
+
+        challenge = bytes.fromhex((await self.rpc("clave_exportChallenge", address))[2:])
+        signed = admin.sign_message(encode_defunct(export_message(bytes.fromhex(address[2:]), challenge)))
+        return await self.rpc("clave_exportKeyfile", address, envelope, "0x" + challenge.hex(),
+                              "0x" + bytes(signed.signature).hex())
+
     async def http_rpc(self, method: str, *params: Any, headers: dict[str, str] | None = None) -> Any:
         """The same over the HTTP app."""
         request_id = next(self._ids)

@@ -19,6 +19,29 @@ READY = re.compile(r"clave ready (.*)$")
 WAITING = re.compile(r"clave waiting: (.*)$")
 
 
+class Admin:
+    """An export admin key (eth-account), its V3 keyfile and password file: what `clave up --admin` names
+    and `clave account export --admin-keyfile/--admin-password-file` uses."""
+
+    PASSWORD = "clave test admin keyfile password 5"
+
+    def __init__(self, directory: Path, key: bytes | None = None) -> None:
+        from eth_account import Account
+
+        account = Account.from_key(key) if key is not None else Account.create()
+        self.address = account.address.lower()
+        self.key = bytes(account.key)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.keyfile = directory / f"admin-{self.address}.json"
+        self.keyfile.write_text(json.dumps(Account.encrypt(account.key, self.PASSWORD, kdf="scrypt", iterations=1 << 12)))
+        self.password_file = directory / f"admin-{self.address}.pw"
+        self.password_file.write_text(self.PASSWORD + "\n")
+
+    @property
+    def export_args(self) -> list[str]:
+        return ["--admin-keyfile", str(self.keyfile), "--admin-password-file", str(self.password_file)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,6 +96,7 @@ class ClaveProcess:
         self.output: list[str] = []
         self.ready_line = ""
         self._ids = 0
+        self.admin: Admin | None = None  # the export admin `--admin` named, if any
 
     @property
     def url(self) -> str:

@@ -128,7 +128,8 @@ def _export(clave: ClaveProcess, address: str, tmp_path: Path, password: str) ->
     pw = tmp_path / "export-pw"
     pw.write_text(password + "\n")
     out = tmp_path / "exported.json"
-    result = clave.cli("account", "export", address, "--password-file", str(pw), "--out", str(out))
+    assert clave.admin is not None
+    result = clave.cli("account", "export", address, "--password-file", str(pw), "--out", str(out), *clave.admin.export_args)
     assert result.returncode == 0, result.stderr
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     return out
@@ -172,7 +173,9 @@ def test_not_exportable_refused(clave: ClaveProcess, tmp_path: Path) -> None:
     address = new_account(clave)
     pw = tmp_path / "pw"
     pw.write_text("whatever password")
-    result = clave.cli("account", "export", address, "--password-file", str(pw), "--out", str(tmp_path / "x.json"))
+    assert clave.admin is not None
+    result = clave.cli("account", "export", address, "--password-file", str(pw), "--out", str(tmp_path / "x.json"),
+                       *clave.admin.export_args)
     assert result.returncode != 0
     assert "not exportable" in result.stderr
     assert not (tmp_path / "x.json").exists()

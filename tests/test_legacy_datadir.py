@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_keyfile import decode_keyfile_json
 
-from tests.stack import ClaveProcess
+from tests.stack import Admin, ClaveProcess
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +48,20 @@ def test_previous_release_datadir_opens_and_signs(tmp_path: Path) -> None:
         refused.stop()
     assert (datadir / "keystore.sqlite").read_bytes() == before  # nothing written while refused
 
+    # The old datadir has no admin set: `clave admin init` records one (trust on first use), and the enclave
+    # seals it at its next boot, before any key is unsealed; from then on exports need the admin's signature.
+    admin = Admin(tmp_path / "admin")
+    recorded = ClaveProcess(datadir).cli("admin", "init", "--admin", admin.address)
+    assert recorded.returncode == 0, recorded.stderr
     clave = ClaveProcess(datadir, chain_ids="1,31337", extra=["--accept-new-enclave"])
     clave.start()
     try:
         assert sorted(clave.rpc("account_list")) == sorted([IMPORTED, GENERATED])
+        # The old store had no master-key pin: the first bring-up that unsealed its records pinned it.
+        db = sqlite3.connect(datadir / "keystore.sqlite")
+        pinned = db.execute("SELECT value FROM meta WHERE name = 'master_commitment'").fetchone()
+        db.close()
+        assert pinned is not None and len(pinned[0]) == 32
         for address in (IMPORTED, GENERATED):
             signature = clave.rpc("eth_sign", address, "0x6c6567616379")
             recovered = Account.recover_message(encode_defunct(b"legacy"), signature=signature)
@@ -58,11 +69,12 @@ def test_previous_release_datadir_opens_and_signs(tmp_path: Path) -> None:
         password = tmp_path / "export-pw"
         password.write_text("export password\n")
         out = tmp_path / "exported.json"
-        result = clave.cli("account", "export", IMPORTED, "--password-file", str(password), "--out", str(out))
+        result = clave.cli("account", "export", IMPORTED, "--password-file", str(password), "--out", str(out),
+                           *admin.export_args)
         assert result.returncode == 0, result.stderr
         assert decode_keyfile_json(json.loads(out.read_text()), b"export password") == IMPORTED_KEY
         refused_export = clave.cli("account", "export", GENERATED, "--password-file", str(password),
-                                   "--out", str(tmp_path / "not-exportable.json"))
+                                   "--out", str(tmp_path / "not-exportable.json"), *admin.export_args)
         assert refused_export.returncode != 0 and not (tmp_path / "not-exportable.json").exists()
     finally:
         clave.stop()

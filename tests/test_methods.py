@@ -45,10 +45,18 @@ TYPED = {
 }
 
 
+ADMIN = Account.from_key(keccak(b"clave test_methods admin"))  # authorizes exports (README "Accounts")
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path_factory.mktemp("methods")) as running:
+    admins = [bytes.fromhex(ADMIN.address[2:])]
+    async with running_stack(tmp_path_factory.mktemp("methods"), admins=admins) as running:
         yield running
+
+
+async def _export(stack: Stack, address: str, envelope: str) -> Any:
+    return await stack.export(address, envelope, ADMIN)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -231,10 +239,12 @@ async def test_bad_arguments_and_unknown_accounts(stack: Stack, method: str, par
 
 
 @pytest.mark.parametrize("method", ["clave_attest", "clave_listAccounts", "clave_newAccount", "clave_importKeyfile",
-                                    "clave_exportKeyfile", "clave_validatorNew", "clave_validatorKeyfile"])
+                                    "clave_exportChallenge", "clave_exportKeyfile", "clave_validatorNew",
+                                    "clave_validatorKeyfile"])
 async def test_management_methods_are_ipc_only(stack: Stack, method: str) -> None:
     params = {"clave_attest": ["0x" + "00" * 16], "clave_importKeyfile": ["0x00"],
-              "clave_exportKeyfile": [UNKNOWN, "0x00"], "clave_validatorNew": ["0x00"],
+              "clave_exportKeyfile": [UNKNOWN, "0x00", "0x00", "0x00"], "clave_exportChallenge": [UNKNOWN],
+              "clave_validatorNew": ["0x00"],
               "clave_validatorKeyfile": ["0xc0", "0x00"]}.get(method, [])
     assert await _failure(stack, method, *params, transport="http") == (
         -32601, f"the method {method} does not exist/is not available")
@@ -280,14 +290,14 @@ async def test_import_sign_export_and_refusals(stack: Stack) -> None:
     signature = await stack.rpc("eth_sign", address, "0x" + b"imported".hex())
     assert _recovered_message(encode_defunct(primitive=b"imported"), signature) == address
 
-    exported = json.loads(await stack.rpc("clave_exportKeyfile", address, envelope({"password": "export pw 1"})))
+    exported = json.loads(await _export(stack, address, envelope({"password": "export pw 1"})))
     assert exported["address"].lower() == address[2:]
     assert bytes(decode_keyfile_json(exported, b"export pw 1")) == key  # eth-keyfile opens what the enclave wrote
 
     generated = await stack.rpc("account_new")
-    assert await _failure(stack, "clave_exportKeyfile", generated, envelope({"password": "x"})) == (
+    assert await _failure(stack, "clave_exportChallenge", generated) == (
         -32000, "account is not exportable: it was created or imported without --exportable")
-    assert await _failure(stack, "clave_exportKeyfile", UNKNOWN, envelope({"password": "x"})) == (-32000, "unknown account")
+    assert await _failure(stack, "clave_exportChallenge", UNKNOWN) == (-32000, "unknown account")
 
 
 # --- observability through the same wiring ----------------------------------------------------------------
@@ -317,8 +327,7 @@ async def test_a_refused_duplicate_import_changes_nothing(stack: Stack) -> None:
     sealed = "0x" + seal_to(public_key, {"keyfile": keyfile, "password": "dup pw"}).hex()
     assert await stack.rpc("clave_importKeyfile", sealed, False) == address
     assert await _failure(stack, "clave_importKeyfile", sealed, True) == (-32000, f"account already exists: {address}")
-    export = "0x" + seal_to(public_key, {"password": "x"}).hex()
-    assert await _failure(stack, "clave_exportKeyfile", address, export) == (
+    assert await _failure(stack, "clave_exportChallenge", address) == (
         -32000, "account is not exportable: it was created or imported without --exportable")
 
 

@@ -91,6 +91,10 @@ def test_attest_cli(clave: ClaveProcess, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["verified"] is True
+    # The enclave attests to its master key's commitment (user_data), the one the store pins.
+    assert re.fullmatch(r"[0-9a-f]{64}", report["master_commitment"])
+    assert report["master_commitment_pinned"] == report["master_commitment"]
+    assert report["master_commitment_matches"] is True
     pcr0 = report["document"]["pcrs"]["0"] if "0" in report["document"]["pcrs"] else report["document"]["pcrs"][0]
     assert re.fullmatch(r"[0-9a-f]{96}", pcr0)
     root = clave.datadir / "nsm" / "root.pem"

@@ -162,6 +162,7 @@ def _inventory(base: Path, clave: ClaveProcess, wheels: Path, ports: dict[str, i
         # The role's `clave validator …` commands reach the `clave up` this test runs.
         "clave_ipc_path": str(clave.ipc),
         "clave_cli_attestation_root": str(clave.datadir / "nsm" / "root.pem"),
+        "clave_cli_datadir": str(clave.datadir),  # its store pins the enclave's master key
         "clave_kms_key_id": "arn:aws:kms:eu-west-1:111122223333:key/ops-test",
         "clave_kms_region": "eu-west-1",
         "clave_attestation_root_pem": "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n",

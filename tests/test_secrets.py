@@ -26,7 +26,7 @@ from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attesta
 from tests.clients import import_key
 from tests.inproc import running_stack
 from tests.secrets_search import KnownSecrets, clave_haystack, describe, files_under, needles, search
-from tests.stack import ClaveProcess
+from tests.stack import Admin, ClaveProcess
 
 KEY_HEX = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318"
 
@@ -96,8 +96,9 @@ async def test_in_process_import_export_and_sign_leave_no_secret(tmp_path: Path,
     secrets = KnownSecrets()
     key = Account.create().key
     password, export_password = "in-process import password 4", "in-process export password 8"
-    secrets.update({key.hex(), password, export_password})
-    async with running_stack(tmp_path / "stack") as stack:
+    admin = Account.create()
+    secrets.update({key.hex(), password, export_password, admin.key.hex()})
+    async with running_stack(tmp_path / "stack", admins=[bytes.fromhex(admin.address[2:])]) as stack:
         nonce = os.urandom(32)
         document = bytes.fromhex((await stack.rpc("clave_attest", "0x" + nonce.hex()))[2:])
         public_key = verify_attestation(document, root=load_root(stack.root_pem), now_ms=int(time.time() * 1000),
@@ -110,7 +111,7 @@ async def test_in_process_import_export_and_sign_leave_no_secret(tmp_path: Path,
         sealed = seal_to(public_key, {"keyfile": keyfile, "password": password})
         address = await stack.rpc("clave_importKeyfile", "0x" + sealed.hex(), True)
         export = seal_to(public_key, {"password": export_password})
-        (tmp_path / "exported.json").write_text(await stack.rpc("clave_exportKeyfile", address, "0x" + export.hex()))
+        (tmp_path / "exported.json").write_text(await stack.export(address, "0x" + export.hex(), admin))
         await stack.rpc("eth_sign", address, "0x00")
         await stack.http_rpc("eth_sign", address, "0x01")
     haystack = files_under(tmp_path / "stack") + [("captured log records", caplog.text.encode())]
@@ -127,7 +128,8 @@ async def test_in_process_import_export_and_sign_leave_no_secret(tmp_path: Path,
 
 @pytest.mark.slow
 def test_no_key_or_password_in_logs_or_datadir(tmp_path: Path) -> None:
-    clave = ClaveProcess(tmp_path / "clave")
+    admin = Admin(tmp_path / "admin")
+    clave = ClaveProcess(tmp_path / "clave", extra=["--admin", admin.address])
     clave.start()
     try:
         key = Account.create().key
@@ -136,13 +138,14 @@ def test_no_key_or_password_in_logs_or_datadir(tmp_path: Path) -> None:
         pw = tmp_path / "export-pw"
         export_password = "secret-search export 9"
         pw.write_text(export_password)
-        result = clave.cli("account", "export", address, "--password-file", str(pw), "--out", str(tmp_path / "out.json"))
+        result = clave.cli("account", "export", address, "--password-file", str(pw), "--out", str(tmp_path / "out.json"),
+                           *admin.export_args)
         assert result.returncode == 0, result.stderr
         clave.rpc("eth_sign", address, "0x00")
     finally:
         clave.stop()
     secrets = KnownSecrets()
-    secrets.update({key.hex(), password, export_password})
+    secrets.update({key.hex(), password, export_password, admin.key.hex(), Admin.PASSWORD})
     haystack = clave_haystack(clave)
     assert len(haystack) > 3 and any("keystore.sqlite" in name for name, _ in haystack)
     leaks = search(haystack, secrets)

@@ -201,12 +201,16 @@ async def test_a_follower_mirrors_the_primary_and_reads_the_shared_store(tmp_pat
         client = EnclaveClient(stack.enclave.address)
         follower = FollowerSigner(client, store, None, None, kms_key_id=None)  # type: ignore[arg-type]
         status = {"enclave_reachable": True, "attested": True, "attested_at": 1.0, "keys_unsealed": True,
-                  "unseal_failures": 0, "last_error": "", "failed": []}
+                  "unseal_failures": 0, "last_error": "", "failed": [], "boot_public": stack.signer.boot_public.hex()}
         try:
             with pytest.raises(EnclaveNotReady):
                 await follower.sign("sign_personal", first, data=b"x")
             with pytest.raises(InfraError, match="does not bring the enclave up"):
                 await follower.bring_up()
+            # A boot other than the one the primary verified the master key of: nothing goes to it.
+            await follower.follow({**status, "ready": True, "boot_public": "00" * 32})
+            with pytest.raises(EnclaveNotReady, match="master key is being verified"):
+                await follower.sign("sign_personal", first, data=b"x")
             await follower.follow({**status, "ready": True})
             assert follower.ready and await follower.addresses() == [first]
             await _sign_personal(follower, first, b"from a worker")

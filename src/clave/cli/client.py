@@ -58,7 +58,54 @@ def attested_public_key(client: Any, args: argparse.Namespace) -> bytes:
     )
     if verified.public_key is None:
         raise SystemExit("clave: the enclave's attestation carries no public key")
+    check_master_commitment(verified, datadir)
     return verified.public_key
+
+
+def pinned_commitment(datadir: Path) -> bytes | None:
+    """The master-key commitment `clave serve`/`clave up` pinned in `<datadir>/keystore.sqlite` (read-only)."""
+    import sqlite3
+
+    from clave.sidecar.signing.signer import META_MASTER_COMMITMENT
+
+    path = datadir / "keystore.sqlite"
+    if not path.exists():
+        raise SystemExit(
+            f"clave: {path}: no key store; pass the service's --datadir (its store pins the enclave's master key)"
+        )
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (META_MASTER_COMMITMENT,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise SystemExit(f"clave: {path}: cannot read the key store: {exc}") from None
+    return bytes(row[0]) if row is not None else None
+
+
+def check_master_commitment(verified: Any, datadir: Path) -> None:
+    """Refuse (SystemExit) unless the attested enclave holds the store's master key: a secret sealed to an
+    enclave holding another key (loaded by someone else after a restart) would end up sealed under it."""
+    from clave.core.provenance import ProvenanceError, decode_user_data
+
+    try:
+        attested = decode_user_data(verified.user_data)
+    except ProvenanceError as exc:
+        raise SystemExit(f"clave: refusing to send secrets to the enclave: {exc.message}") from None
+    pinned = pinned_commitment(datadir)
+    if pinned is None:
+        raise SystemExit(
+            "clave: refusing to send secrets to the enclave: the store has no pinned master-key commitment yet "
+            "(wait until the service is ready: /healthz master_key_verified)"
+        )
+    if attested is None:
+        raise SystemExit("clave: refusing to send secrets to the enclave: it attests to no master key")
+    if attested != pinned:
+        raise SystemExit(
+            f"clave: refusing to send secrets to the enclave: it holds master key {attested.hex()[:16]}…, "
+            f"the store's is {pinned.hex()[:16]}… (someone else loaded its key; restart the enclave)"
+        )
 
 
 def connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from clave.cli.client import (
     add_common_options,
     attested_public_key,
     connect,
+    pinned_commitment,
     read_password,
 )
 from clave.cli.opera import add_validator_commands
@@ -50,6 +51,24 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
                         help="processes serving HTTP on the same port (default 1; one per core for throughput)")
     parser.add_argument("--http.read-timeout", dest="http_read_timeout", type=_seconds, default=30.0,
                         help="seconds a client has to send a request's headers, and then its body (default 30)")
+    parser.add_argument("--admin", default="", metavar="0xADDR[,0xADDR]",
+                        help="a new datadir's admin set: the keys whose signature authorizes a keyfile export")
+
+
+def parse_admins(text: str) -> list[bytes]:
+    admins = []
+    for item in _split(text):
+        raw = item.removeprefix("0x").removeprefix("0X")
+        try:
+            value = bytes.fromhex(raw)
+        except ValueError:
+            value = b""
+        if len(value) != 20:
+            raise SystemExit(f"clave: --admin {item}: expected a 0x-prefixed 20-byte address")
+        admins.append(value)
+    if len(set(admins)) != len(admins):
+        raise SystemExit("clave: --admin: an address is given twice")
+    return admins
 
 
 def _workers(text: str) -> int:
@@ -92,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         tx_fee_cap_wei=int(args.txfeecap * 10**18),
         http_workers=args.http_workers,
         http_read_timeout=args.http_read_timeout,
+        admins=parse_admins(args.admin),
     )
 
 
@@ -164,12 +184,35 @@ def cmd_attest(args: argparse.Namespace) -> int:
     try:
         verified = _verify_document(document, args, nonce=nonce, at_ms=int(time.time() * 1000))
         result.update(verified=True, document=describe(verified))
+        result.update(_master_commitment(verified, args))
     except Exception as exc:
         result.update(verified=False, error=str(exc))
     if args.out:
         Path(args.out).write_bytes(document)
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["verified"] else 1
+
+
+def _master_commitment(verified: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The master-key commitment the enclave attests to, the one the store pins, and whether they match."""
+    from clave.core.provenance import ProvenanceError, decode_user_data
+
+    try:
+        attested = decode_user_data(verified.user_data)
+    except ProvenanceError as exc:
+        return {"master_commitment": None, "master_commitment_error": exc.message}
+    store = Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite"
+    pinned = None
+    if store.exists():
+        try:
+            pinned = pinned_commitment(store.parent)
+        except SystemExit:
+            pinned = None
+    return {
+        "master_commitment": attested.hex() if attested is not None else None,
+        "master_commitment_pinned": pinned.hex() if pinned is not None else None,
+        "master_commitment_matches": attested is not None and attested == pinned,
+    }
 
 
 def _verify_document(document: bytes, args: argparse.Namespace, *, nonce: bytes | None, at_ms: int):  # type: ignore[no-untyped-def]
@@ -336,8 +379,51 @@ def cmd_account_import(args: argparse.Namespace) -> int:
     return 1 if failures or not imported else 0
 
 
+def _admin_account(keyfile: str, password_file: str):  # type: ignore[no-untyped-def]
+    """The admin key that authorizes an export, from its V3 keyfile (decrypted here, in the CLI)."""
+    from eth_account import Account
+
+    try:
+        data = json.loads(Path(keyfile).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"clave: {keyfile}: cannot read the admin keyfile: {exc}") from None
+    try:
+        return Account.from_key(Account.decrypt(data, read_password(password_file)))
+    except ValueError as exc:
+        raise SystemExit(f"clave: {keyfile}: cannot decrypt the admin keyfile: {exc}") from None
+
+
+def cmd_admin_init(args: argparse.Namespace) -> int:
+    """Once, on a datadir that has no admin set (trust on first use): record the set to make; the enclave
+    makes and seals it at its next boot, before it holds any key (restart the enclave, or `clave up`)."""
+    import cbor2
+
+    from clave.sidecar.signing.signer import META_ADMIN_PENDING, META_ADMIN_SET
+    from clave.sidecar.store.records import SqliteStore
+
+    admins = parse_admins(args.admin)
+    if not admins:
+        raise SystemExit("clave: admin init: pass --admin 0xADDR[,0xADDR]")
+    path = Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite"
+    if not path.exists():
+        raise SystemExit(f"clave: {path}: no key store; on a new datadir pass --admin to clave up / clave serve")
+    store = SqliteStore(path)
+    try:
+        if store.get_meta(META_ADMIN_SET) is not None:
+            raise SystemExit("clave: this datadir has an admin set already; it cannot be changed")
+        store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(admins)))
+    finally:
+        store.close()
+    print("admin set recorded; the enclave seals it at its next start: restart the enclave "
+          "(Nitro: systemctl restart clave-enclave; locally: restart clave up)")
+    return 0
+
+
 def cmd_account_export(args: argparse.Namespace) -> int:
+    from eth_account.messages import encode_defunct
+
     from clave.core.envelope import seal_to
+    from clave.core.provenance import export_message
     from clave.sidecar.transports.ipc_client import RpcCallError
 
     password = read_password(args.password_file)
@@ -346,11 +432,16 @@ def cmd_account_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"clave: {out}: already exists; refusing to overwrite")  # before asking the enclave
+    admin = _admin_account(args.admin_keyfile, args.admin_password_file)
     with connect(args) as client:
         public_key = attested_public_key(client, args)
         envelope = seal_to(public_key, {"password": password})
         try:
-            keyfile = client.call("clave_exportKeyfile", args.address, "0x" + envelope.hex())
+            challenge = bytes.fromhex(client.call("clave_exportChallenge", args.address)[2:])
+            address = bytes.fromhex(args.address.lower().removeprefix("0x"))
+            signature = admin.sign_message(encode_defunct(export_message(address, challenge)))
+            keyfile = client.call("clave_exportKeyfile", args.address, "0x" + envelope.hex(), "0x" + challenge.hex(),
+                                  "0x" + bytes(signature.signature).hex())
         except RpcCallError as exc:
             raise SystemExit(f"clave: export {args.address}: {exc.message}") from None
     write_new_private(out, keyfile)
@@ -393,7 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("address")
     exp.add_argument("--password-file", required=True)
     exp.add_argument("--out", required=True)
+    exp.add_argument("--admin-keyfile", required=True, help="V3 keyfile of an admin key (its signature authorizes the export)")
+    exp.add_argument("--admin-password-file", required=True, help="password of the admin keyfile")
     exp.set_defaults(func=cmd_account_export)
+    admin = sub.add_parser("admin", help="the datadir's admin set (who authorizes keyfile exports)")
+    adm = admin.add_subparsers(dest="admin_command", required=True)
+    init = adm.add_parser("init", help="once, on a datadir without one: set the admin set (trust on first use)")
+    add_common_options(init)
+    init.add_argument("--admin", required=True, metavar="0xADDR[,0xADDR]")
+    init.set_defaults(func=cmd_admin_init)
     serve = sub.add_parser("serve", help="run the sidecar beside an enclave (production; systemd runs this)")
     _add_server(serve)
     serve.add_argument("--enclave", required=True, help="enclave address: vsock://CID:PORT or unix:PATH")

@@ -16,6 +16,7 @@ from clave import __version__
 from clave.core.errors import InvalidParams, MethodNotFound, RequestError
 from clave.core.eth import clique, messages, transactions, typed_data
 from clave.enclave import kdf_pool
+from clave.enclave.admins import parse_admins, seal_admins, unseal_admins
 from clave.enclave.keyfile import decrypt_keyfile, encrypt_keyfile
 from clave.enclave.keys import KeyTable, LoadedKey, generate_secrets
 from clave.enclave.nitro import nsm as nsm_api
@@ -56,6 +57,9 @@ class EnclaveService:
             "generate": self.generate,
             "import_keyfile": self.import_keyfile,
             "export_keyfile": self.export_keyfile,
+            "export_challenge": self.export_challenge,
+            "init_admins": self.init_admins,
+            "load_admins": self.load_admins,
             "accounts": self.accounts,
             "sign_tx": self.sign_tx,
             "sign_personal": self.sign_personal,
@@ -79,18 +83,18 @@ class EnclaveService:
         nonce = params.get("nonce")
         if nonce is not None and (not isinstance(nonce, bytes) or len(nonce) > 512):
             raise InvalidParams("nonce: expected at most 512 bytes")
-        document = nsm_api.attestation(self.state.nsm, nonce=nonce, public_key=self.state.boot_public)
+        document = nsm_api.attestation(
+            self.state.nsm, user_data=self.state.user_data(), nonce=nonce, public_key=self.state.boot_public
+        )
         return {"document": document}
 
     def load_master_key(self, params: dict[str, Any]) -> dict[str, Any]:
         envelope = _bytes(params, "ciphertext_for_recipient")
+        self.state.check_master_free()  # before opening anything: one key per boot, whatever it holds
         # expected_size keeps the parent from using us as a padding oracle on edited envelopes.
         data_key = open_enveloped_data(envelope, self.state.boot_key, expected_size=32)
-        if self.state.master_key is not None and self.state.master_key != data_key:
-            raise RequestError("a different master key is already loaded")
-        if self.state.master_key is None:
-            kdf_pool.warm()  # keyfile imports come once keys can be sealed
-        self.state.master_key = data_key
+        self.state.set_master(data_key)
+        kdf_pool.warm()  # keyfile imports come once keys can be sealed
         return {"ready": True}
 
     # -- records ---------------------------------------------------------------------------------
@@ -146,14 +150,44 @@ class EnclaveService:
         _, record = self._seal_new(secret, "imported", bool(params.get("exportable", False)))
         return {"record": record}
 
+    # -- operator admin set and export authorization (enclave/admins.py) ---------------------------
+
+    def init_admins(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Make this datadir's admin set: only in a boot that holds no account key yet, so that nobody can
+        hand a running enclave an admin set of their own; returns it sealed under the master key."""
+        admins = parse_admins(params.get("admins"))
+        master = self.state.master()
+        if len(self._keys):
+            raise RequestError("an admin set is made only in an enclave boot that holds no keys yet (restart the enclave)")
+        self.state.admin_set.set(admins)
+        return {"record": seal_admins(master, admins)}
+
+    def load_admins(self, params: dict[str, Any]) -> dict[str, Any]:
+        admins = unseal_admins(self.state.master(), params.get("record"))
+        self.state.admin_set.set(admins)
+        return {"admins": list(admins)}
+
+    def export_challenge(self, params: dict[str, Any]) -> dict[str, Any]:
+        address = _bytes(params, "address", 20)
+        self._exportable(address)
+        return {"challenge": self.state.admin_set.challenge(address, self.state.clock())}
+
+    def _exportable(self, address: bytes) -> LoadedKey:
+        key = self._keys.get(address)
+        if not key.exportable:
+            raise RequestError("account is not exportable: it was created or imported without --exportable")
+        return key
+
     def export_keyfile(self, params: dict[str, Any]) -> dict[str, Any]:
-        key = self._keys.get(_bytes(params, "address", 20))
+        address = _bytes(params, "address", 20)
+        key = self._exportable(address)
+        # An admin's signature over a challenge this enclave issued for this address: the parent cannot
+        # make it up, so a process that reaches the enclave directly cannot export either.
+        self.state.admin_set.authorize(address, params.get("challenge"), params.get("signature"), self.state.clock())
         payload = self.state.open_envelope(_bytes(params, "envelope"))
         password = payload.get("password")
         if not isinstance(password, str) or not password:
             raise InvalidParams("envelope must carry a non-empty password")
-        if not key.exportable:
-            raise RequestError("account is not exportable: it was created or imported without --exportable")
         return {"keyfile": json.dumps(kdf_pool.run(encrypt_keyfile, key.secret, password))}
 
     def accounts(self, params: dict[str, Any]) -> dict[str, Any]:

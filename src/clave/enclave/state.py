@@ -14,7 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clave.core.envelope import open_envelope
-from clave.core.errors import InfraError
+from clave.core.errors import InfraError, RequestError
+from clave.core.provenance import encode_user_data, master_commitment
+from clave.enclave.admins import AdminSet
 from clave.enclave.nitro import nsm as nsm_api
 
 
@@ -34,6 +36,8 @@ class EnclaveState:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self.master_key: bytes | None = None
+        self.commitment: bytes | None = None  # master_commitment(master_key), attested in user_data
+        self.admin_set = AdminSet()  # who may authorize exports; its hash is attested too
 
     @property
     def ready(self) -> bool:
@@ -44,6 +48,26 @@ class EnclaveState:
         if self.master_key is None:
             raise NotReady("master key not loaded")
         return self.master_key
+
+    def set_master(self, key: bytes) -> None:
+        """Take this boot's master key: once. Whoever reaches the enclave first after a boot could
+        otherwise replace the key the sidecar loaded (or load one before it); with one key per boot, the
+        commitment attested in user_data names the only key this boot will ever seal under."""
+        self.check_master_free()
+        self.master_key = key
+        self.commitment = master_commitment(key)
+
+    def check_master_free(self) -> None:
+        """RequestError once this boot has its master key."""
+        if self.master_key is not None:
+            raise RequestError(
+                "a master key is already loaded in this enclave boot; it takes one per boot "
+                "(restart the enclave to load another)"
+            )
+
+    def user_data(self) -> bytes | None:
+        """What attestation documents carry in user_data: the master-key commitment, once a key is loaded."""
+        return encode_user_data(self.commitment, self.admin_set.hash)
 
     def random(self, count: int) -> bytes:
         """`count` bytes from the NSM's random source."""

@@ -34,6 +34,7 @@ class SidecarConfig:
     tx_fee_cap_wei: int = 10**18
     http_workers: int = 1  # processes serving HTTP on one port (SO_REUSEPORT); the first also does IPC
     http_read_timeout: float = 30.0  # seconds for a request's headers (from connect) and for its body
+    admins: list[bytes] = field(default_factory=list)  # `--admin`: the export admin set of a new datadir
 
     @property
     def metrics_dir(self) -> Path:

@@ -147,6 +147,7 @@ def build_sidecar(
             kms_key_id=config.kms_key_id,
             provision_key=provision_key,
             repin_key=repin_key,
+            admins=list(config.admins),
         )
     signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
     methods = build_methods(signer, config, metrics)
@@ -204,6 +205,12 @@ def build_sidecar(
             "refused_records": [r.describe() for r in status.refused[:REFUSED_SHOWN]],
             "store_reachable": store_ok,
             "task_restarts": dict(status.task_restarts),
+            # The enclave attested to the store's pinned master-key commitment (THREAT_MODEL.md).
+            "master_key_verified": status.master_verified,
+            "master_mismatch": status.master_mismatch or None,
+            # Who may authorize keyfile exports (sealed by the enclave under the master key).
+            "admins": ["0x" + a.hex() for a in status.admins],
+            "admins_pending": status.admins_pending,
             "last_error": status.last_error or None,
         }
         return (200 if ready else 503), body
@@ -213,6 +220,7 @@ def build_sidecar(
         metrics.keys_loaded.set(status.keys_loaded)
         metrics.records_refused.set(status.unseal_failures)
         metrics.attested.set(1 if status.attested else 0)
+        metrics.master_mismatch.set(1 if status.master_mismatch else 0)
         if status.attested:
             metrics.attestation_age.set(time.time() - status.attested_at)
         return metrics.render()

@@ -49,6 +49,11 @@ class Metrics:
             "clave_sealed_records_refused", "Stored records not loaded at the last unseal (corrupt, or not this key's)",
             registry=r, multiprocess_mode=mode,
         )
+        self.master_mismatch = Gauge(
+            "clave_enclave_master_mismatch",
+            "1 while the enclave attests to a master key that is not the store's pinned one (refused)",
+            registry=r, multiprocess_mode=mode,
+        )
         self.task_restarts = Counter(
             "clave_task_restarts", "Background tasks that died and were restarted, by task", ["task"], registry=r
         )

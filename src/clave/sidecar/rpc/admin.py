@@ -51,14 +51,23 @@ def admin_methods(signer: Signer) -> dict[str, Method]:
         exportable = bool(params[1]) if len(params) > 1 else False
         return hex_result(await signer.import_keyfile(envelope, exportable))
 
+    async def clave_export_challenge(params: list[Any], ctx: CallContext) -> str:
+        ipc_only(ctx, "clave_exportChallenge")
+        return hex_result(await signer.export_challenge(args.address(params, 0)))
+
     async def clave_export_keyfile(params: list[Any], ctx: CallContext) -> str:
+        """address, envelope (password sealed to the enclave), challenge, an admin's EIP-191 signature
+        over `export_message(address, challenge)` (the enclave checks it)."""
         ipc_only(ctx, "clave_exportKeyfile")
-        return await signer.export_keyfile(args.address(params, 0), args.data(params, 1))
+        return await signer.export_keyfile(
+            args.address(params, 0), args.data(params, 1), args.data(params, 2), args.data(params, 3)
+        )
 
     return {
         "clave_attest": Method(clave_attest, 1, 1),
         "clave_listAccounts": Method(clave_list_accounts),
         "clave_newAccount": Method(clave_new_account, 0, 1),
         "clave_importKeyfile": Method(clave_import_keyfile, 1, 2),
-        "clave_exportKeyfile": Method(clave_export_keyfile, 2, 2),
+        "clave_exportChallenge": Method(clave_export_challenge, 1, 1),
+        "clave_exportKeyfile": Method(clave_export_keyfile, 4, 4),
     }

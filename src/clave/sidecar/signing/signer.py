@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import cbor2
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
+from clave.core.provenance import ProvenanceError, admin_set_hash, decode_admins, decode_user_data
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
 from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.signing.enclave_client import (
@@ -36,12 +38,30 @@ log = logging.getLogger("clave.signer")
 
 META_KMS_KEY_ID = "kms_key_id"
 META_DATA_KEY = "kms_data_key"
+META_MASTER_COMMITMENT = "master_commitment"  # the store's master key, as the enclave attests to it
+META_ADMIN_SET = "admin_set"  # the operator admin set, sealed by the enclave under the master key (CBOR)
+META_ADMIN_PENDING = "admin_pending"  # an admin set to make at the next enclave boot (CBOR list; b"" = none)
 UNSEAL_BATCH = 5000
 GENERATE_BATCH = 5000
 BULK = 1000  # from this many new accounts on, one full collection to freeze them is worth its pause
 ATTESTATION_MAX_AGE_MS = 5 * 60 * 1000
 LOGGED_REFUSALS = 100  # refused records named one per log line; beyond that, one line with the count
 MAX_REFUSED_CALLS = 100  # single records whose unseal call failed as a whole, before blaming the enclave
+
+
+class MasterKeyMismatch(InfraError):
+    """The enclave holds a master key that is not this store's (or one this sidecar cannot verify)."""
+
+    remedy = (
+        "something other than this sidecar loaded the enclave's master key (another process on the host, "
+        "or a KMS endpoint that returned another key); nothing is unsealed, created or imported until "
+        "the enclave is restarted (systemctl restart clave-enclave; locally, end the enclave process) "
+        "and this sidecar loads the store's key into it"
+    )
+
+
+class AdminSetMismatch(MasterKeyMismatch):
+    """The enclave holds an admin set other than the store's (someone else set it in this boot)."""
 
 
 class SealingProvider(Protocol):
@@ -96,6 +116,10 @@ class Status:
     pcrs: dict[int, bytes] = field(default_factory=dict)
     refused: list[RefusedRecord] = field(default_factory=list)  # records not loaded at the last unseal
     task_restarts: dict[str, int] = field(default_factory=dict)  # background tasks that died and were restarted
+    master_verified: bool = False  # the enclave attested to the store's pinned master-key commitment
+    master_mismatch: str = ""  # why the enclave's master key was refused, while it is
+    admins: list[bytes] = field(default_factory=list)  # the enclave's admin set (export authorization)
+    admins_pending: bool = False  # an admin set waits for the next enclave boot
 
 
 class Signer:
@@ -110,8 +134,10 @@ class Signer:
         provision_key: Callable[[AttestationDocument], Any] | None = None,
         repin_key: Callable[[str, AttestationDocument], Any] | None = None,
         clock: Callable[[], float] = time.time,
+        admins: list[bytes] | None = None,
     ) -> None:
         self.client = client
+        self.admins = admins  # `--admin`: the admin set of a new datadir
         self.store = store
         self.sealing = sealing
         self.attestation = attestation
@@ -124,6 +150,9 @@ class Signer:
         self._position = 0  # the last store record this process has seen
         self._failed: set[bytes] = set()  # row addresses of the stored records that were refused
         self._checked_connection = 0  # the enclave connection last seen to hold every account's key
+        self._boot_public: bytes | None = None  # the enclave boot whose master key was verified
+        self._delivered_to: bytes | None = None  # the boot this sidecar loaded a master key into itself
+        self._made_admins: tuple[bytes, Any] | None = None  # (boot, sealed admin set) not stored yet
         self._unseal_refusals = 0  # records refused alone by a failed unseal call, in this bring-up
         self._bring_up_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,27 +186,148 @@ class Signer:
         )
         return document, verified
 
+    async def _attest_boot(self, boot_public: bytes) -> tuple[bytes, AttestationDocument]:
+        document, verified = await self.attest(os.urandom(32))
+        if verified.public_key != boot_public:
+            raise InfraError(
+                "attested public key differs from the enclave's boot key",
+                remedy="retried; if it persists, something between the sidecar and the enclave answers for it",
+            )
+        self.status.attested, self.status.attested_at = True, self.clock()
+        self.status.pcrs = dict(verified.pcrs)
+        return document, verified
+
     async def bring_up(self) -> None:
         async with self._bring_up_lock:
+            self._boot_public = None
+            self.status.master_verified = False
+            self.status.admins = []
             hello = await self.client.call("hello")
             self.status.enclave_reachable = True
-            nonce = os.urandom(32)
-            document, verified = await self.attest(nonce)
-            if verified.public_key != hello["public_key"]:
-                raise InfraError(
-                    "attested public key differs from the enclave's boot key",
-                    remedy="retried; if it persists, something between the sidecar and the enclave answers for it",
-                )
-            self.status.attested, self.status.attested_at = True, self.clock()
-            self.status.pcrs = dict(verified.pcrs)
+            boot = hello["public_key"]
+            document, verified = await self._attest_boot(boot)
             if not hello["ready"]:
                 await self._load_master_key(document, verified)
+                # One master key per boot: whatever this attests to is the only key this boot holds.
+                _, verified = await self._attest_boot(boot)
             records = await asyncio.to_thread(self.store.records)
-            await self._unseal(records)
+            await self._verify_master(verified, boot, records)
+            await self._same_boot(boot)
+            self.status.admins = await self._settle_admins(boot)
+            self._boot_public = boot
+            self.status.master_verified = True
+            self.status.master_mismatch = ""
             self.status.keys_unsealed = True
             self.status.last_error = ""
             self._ready.set()
             log.info("enclave ready: %d accounts unsealed", self.status.keys_loaded)
+
+    async def _verify_master(self, verified: AttestationDocument, boot: bytes, records: list[StoredRecord]) -> None:
+        """Check the enclave's attested master-key commitment against the store's pin, then unseal. A
+        store without a pin (made before pins existed, or a first start cut short) pins the commitment
+        once it is proven: a record unsealed under it (AEAD), or, with no record yet, the key this sidecar
+        itself loaded from KMS into this very boot (first-start trust in KMS; THREAT_MODEL.md)."""
+        try:
+            commitment = decode_user_data(verified.user_data)
+        except ProvenanceError as exc:
+            raise MasterKeyMismatch(f"master key: {exc.message}") from None
+        if commitment is None:
+            raise MasterKeyMismatch("master key: the enclave says it is ready but attests to no master key")
+        pinned = await asyncio.to_thread(self.store.get_meta, META_MASTER_COMMITMENT)
+        if pinned is not None:
+            if commitment != pinned:
+                self._accounts_gone()
+                raise MasterKeyMismatch(
+                    f"master key mismatch: the enclave attests to master key {commitment.hex()[:16]}…, the "
+                    f"store's is {pinned.hex()[:16]}…; refusing to unseal, create or import"
+                )
+            # The key is the store's: settle the admin set first (a new one is made only in a boot that
+            # holds no keys yet), then unseal.
+            await self._settle_admins(boot)
+            await self._unseal(records)
+            return
+        if records:
+            await self._settle_admins(boot, persist=False)  # a new set is made before any key is unsealed
+            await self._unseal(records)
+            if self.status.keys_loaded == 0:
+                self._accounts_gone()
+                raise MasterKeyMismatch(
+                    f"master key mismatch: the enclave's master key opens none of the store's {len(records)} "
+                    "records (and the store has no pinned commitment yet); refusing to create or import"
+                )
+            how = f"{self.status.keys_loaded} records unsealed under it"
+        elif self._delivered_to == boot:
+            self._accounts, self._failed = {}, set()
+            self.status.keys_loaded, self.status.unseal_failures, self.status.refused = 0, 0, []
+            how = "loaded by this sidecar from KMS into this boot; no record yet (first start)"
+        else:
+            self._accounts_gone()
+            raise MasterKeyMismatch(
+                "master key unverifiable: the enclave already holds a master key that this sidecar did not "
+                "load, and the store has neither a pinned commitment nor a record to check it with"
+            )
+        await self._same_boot(boot)  # what opened the records is the boot that attested to the commitment
+        await asyncio.to_thread(self.store.set_meta, META_MASTER_COMMITMENT, commitment)
+        log.warning("pinned the store's master-key commitment %s (%s)", commitment.hex(), how)
+
+    async def _settle_admins(self, boot: bytes, *, persist: bool = True) -> list[bytes]:
+        """Give the enclave the store's admin set (sealed under the master key), or make the pending one
+        (the enclave takes a new one only while it holds no key), and check the admin-set hash it attests
+        to. A made set is stored only once the master key is verified (`persist`). Returns the enclave's
+        admin set."""
+        _, verified = await self._attest_boot(boot)
+        try:
+            attested = decode_admins(verified.user_data)
+        except ProvenanceError as exc:
+            raise AdminSetMismatch(f"admin set: {exc.message}") from None
+        stored = await asyncio.to_thread(self.store.get_meta, META_ADMIN_SET)
+        record: Any = cbor2.loads(stored) if stored is not None else None
+        if record is None and self._made_admins is not None and self._made_admins[0] == boot:
+            record = self._made_admins[1]
+            if persist:
+                await asyncio.to_thread(self.store.set_meta, META_ADMIN_SET, cbor2.dumps(record))
+                await asyncio.to_thread(self.store.set_meta, META_ADMIN_PENDING, b"")
+                self._made_admins = None
+                log.warning("admin set sealed: %s", ", ".join("0x" + bytes(a).hex() for a in record["admins"]))
+        self.status.admins_pending = False
+        if record is not None:
+            admins = [bytes(a) for a in record["admins"]]
+            if attested is None:
+                await self.client.call("load_admins", {"record": record})
+                _, verified = await self._attest_boot(boot)
+                attested = decode_admins(verified.user_data)
+            if attested != admin_set_hash(admins):
+                self._accounts_gone()
+                raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set other than the store's")
+            return admins
+        pending_raw = await asyncio.to_thread(self.store.get_meta, META_ADMIN_PENDING)
+        pending = [bytes(a) for a in cbor2.loads(pending_raw)] if pending_raw else None
+        if pending is not None and attested is None:
+            try:
+                result = await self.client.call("init_admins", {"admins": pending})
+            except RequestError as exc:
+                self.status.admins_pending = True
+                log.warning("admin set pending until the next enclave boot: %s", exc.message)
+                return []
+            self._made_admins = (boot, result["record"])
+            return await self._settle_admins(boot, persist=persist)
+        if attested is not None:
+            self._accounts_gone()
+            raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set this store does not have")
+        if self.admins:
+            log.warning("--admin names the admin set of a new datadir; this one was made without: run "
+                        "`clave admin init --admin …` once and restart the enclave")
+        return []
+
+    async def _same_boot(self, boot: bytes) -> None:
+        """InfraError (retried) if the enclave restarted since it attested: a new boot is verified anew."""
+        if (await self.client.call("hello"))["public_key"] != boot:
+            raise InfraError("the enclave restarted during bring-up", remedy="retried at once by the watch")
+
+    def _accounts_gone(self) -> None:
+        """The enclave holds none of the store's keys."""
+        self.status.keys_loaded = 0
+        self.status.keys_unsealed = False
 
     async def _load_master_key(self, document: bytes, verified: AttestationDocument) -> None:
         key_id = self.kms_key_id or _text(self.store.get_meta(META_KMS_KEY_ID))
@@ -189,10 +339,18 @@ class Signer:
         self.kms_key_id = key_id
         wrapped = self.store.get_meta(META_DATA_KEY)
         if wrapped is None:
+            if self.store.get_meta(META_MASTER_COMMITMENT) is not None:
+                raise MasterKeyMismatch(
+                    "the store pins a master-key commitment but holds no wrapped data key",
+                    remedy="restore keystore.sqlite from a backup: a new data key would never match the pin",
+                )
             wrapped, for_recipient = await self.sealing.generate_data_key(key_id, document)
             await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+            self._delivered_to = verified.public_key
             # Stored only after the enclave accepted it, so a failed first start leaves nothing behind.
             self.store.set_meta(META_DATA_KEY, wrapped)
+            if self.admins:  # a new datadir: its admin set is made once the key is verified (bring-up)
+                self.store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(self.admins)))
         else:
             try:
                 for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
@@ -203,6 +361,7 @@ class Signer:
                 await self.repin_key(key_id, verified)
                 for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
             await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+            self._delivered_to = verified.public_key
 
     async def _unseal(self, records: list[StoredRecord]) -> None:
         """Hand the stored records to the enclave. A record that cannot be decoded or unsealed is refused
@@ -276,14 +435,21 @@ class Signer:
             try:
                 hello = await self.client.call("hello", timeout=max(interval, 2.0))
                 self.status.enclave_reachable = True
-                if not hello["ready"] or hello["keys"] < len(self._accounts) or not self.ready:
+                restarted = hello["public_key"] != self._boot_public  # a new boot, perhaps another's key
+                if restarted or not hello["ready"] or hello["keys"] < len(self._accounts) or not self.ready:
                     self._ready.clear()
                     self.status.keys_unsealed = False
                     await self.bring_up()
             except (InfraError, RequestError) as exc:
                 self.status.enclave_reachable = not isinstance(exc, EnclaveUnavailable)
-                if self.status.last_error != exc.message:
-                    log.warning("bring-up: %s", exc.message)
+                if isinstance(exc, MasterKeyMismatch):
+                    if self.status.master_mismatch != exc.message:
+                        log.error("REFUSING THE ENCLAVE: %s (%s)", exc.message, exc.remedy)
+                    self.status.master_mismatch = exc.message
+                else:
+                    self.status.master_mismatch = ""
+                    if self.status.last_error != exc.message:
+                        log.warning("bring-up: %s", exc.message)
                 self.status.last_error = exc.message
                 self._ready.clear()
                 self.status.keys_unsealed = False
@@ -296,6 +462,11 @@ class Signer:
                 self.status.keys_unsealed = False
             self.attempted.set()
             await asyncio.sleep(interval)
+
+    @property
+    def boot_public(self) -> bytes | None:
+        """The boot key of the enclave whose master key was last verified (None while none is)."""
+        return self._boot_public
 
     def task_restarted(self, name: str) -> None:
         """Count a background task that died and was restarted (status, /healthz and the metric)."""
@@ -383,6 +554,10 @@ class Signer:
         them all, answer "not ready" (503), not "unknown account"."""
         hello = await self.client.call("hello")
         connection = self.client.connections
+        if hello["public_key"] != self._boot_public:
+            # Another boot than the one whose master key was verified: nothing goes to it until the watch
+            # (or, for a worker, the primary) has checked its attested master key.
+            raise EnclaveNotReady("the enclave restarted; its master key is being verified")
         if not hello["ready"] or hello["keys"] < len(self._accounts):
             raise EnclaveNotReady("the enclave restarted; keys are being unsealed again")
         self._checked_connection = connection
@@ -414,9 +589,15 @@ class Signer:
         (address,) = await self._persist([result["record"]])
         return address
 
-    async def export_keyfile(self, address: bytes, envelope: bytes) -> str:
+    async def export_challenge(self, address: bytes) -> bytes:
         await self.require(address)
-        result = await self._call("export_keyfile", {"address": address, "envelope": envelope}, timeout=SLOW_TIMEOUT)
+        result = await self._call("export_challenge", {"address": address})
+        return bytes(result["challenge"])
+
+    async def export_keyfile(self, address: bytes, envelope: bytes, challenge: bytes, signature: bytes) -> str:
+        await self.require(address)
+        params = {"address": address, "envelope": envelope, "challenge": challenge, "signature": signature}
+        result = await self._call("export_keyfile", params, timeout=SLOW_TIMEOUT)
         return str(result["keyfile"])
 
     async def sign_tx(self, address: bytes, tx: NormalizedTx) -> SignedTx:
@@ -457,6 +638,12 @@ class FollowerSigner(Signer):
         status.unseal_failures = int(update["unseal_failures"])
         status.last_error = str(update["last_error"])
         status.refused = [RefusedRecord.from_description(item) for item in update.get("refused", [])]
+        status.master_verified = bool(update.get("master_verified", False))
+        status.master_mismatch = str(update.get("master_mismatch", ""))
+        status.admins = [bytes.fromhex(a) for a in update.get("admins", [])]
+        status.admins_pending = bool(update.get("admins_pending", False))
+        boot = update.get("boot_public")
+        self._boot_public = bytes.fromhex(boot) if isinstance(boot, str) else None
         if not update["ready"]:
             self._ready.clear()
             return

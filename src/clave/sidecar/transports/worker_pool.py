@@ -60,6 +60,11 @@ def status_update(signer: Signer) -> dict[str, Any]:
         "last_error": status.last_error,
         "failed": sorted(a.hex() for a in signer.failed_addresses),
         "refused": [r.describe() for r in status.refused[:LOGGED_REFUSALS]],  # for /healthz; the count is above
+        "master_verified": status.master_verified,
+        "master_mismatch": status.master_mismatch,
+        "admins": [a.hex() for a in status.admins],
+        "admins_pending": status.admins_pending,
+        "boot_public": signer.boot_public.hex() if signer.boot_public is not None else None,
     }
 
 

@@ -1,0 +1,105 @@
+"""Master-key provenance: the commitment to the enclave's master key that its attestation documents carry.
+
+The enclave takes one master key per boot (a second `load_master_key` is refused whatever it carries) and,
+once it holds one, puts a commitment to it into the `user_data` of every attestation document. The NSM
+signs `user_data` with the rest of the document, so the parent cannot forge it. The sidecar pins the
+commitment of its store's key (store meta `master_commitment`) and refuses an enclave that reports another
+one (or none while it says it is ready); the CLI checks it before sealing a secret to the enclave.
+
+The commitment is HMAC-SHA256 keyed by the master key over a fixed label: a PRF output, so it says
+nothing about the key, and the same key always gives the same commitment (boot after boot).
+
+`user_data` is the CBOR map `{"v": 1, "master": <32 bytes>}`, or absent while no key is loaded; once the
+enclave holds an operator admin set (export authorization), the map also has `"admins": <32 bytes>`, the
+`admin_set_hash` of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import cbor2
+
+from clave.core.errors import RequestError
+
+USER_DATA_VERSION = 1
+COMMITMENT_LABEL = b"clave/master-commitment/v1"
+COMMITMENT_SIZE = 32
+MAX_USER_DATA = 512  # the NSM spec's limit for user_data (hardware accepts 1024); ours is ~50 bytes
+
+
+class ProvenanceError(RequestError):
+    """An attestation document's `user_data` is not a clave provenance map."""
+
+
+def master_commitment(master_key: bytes) -> bytes:
+    """The public commitment to `master_key` (32 bytes)."""
+    return hmac.new(master_key, COMMITMENT_LABEL, hashlib.sha256).digest()
+
+
+ADMINS_LABEL = b"clave/admin-set/v1"
+MAX_ADMINS = 16
+
+
+def admin_set_hash(admins: list[bytes] | tuple[bytes, ...] | frozenset[bytes]) -> bytes:
+    """SHA-256 over the sorted 20-byte admin addresses, under a label."""
+    return hashlib.sha256(ADMINS_LABEL + b"".join(sorted(admins))).digest()
+
+
+def export_message(address: bytes, challenge: bytes) -> bytes:
+    """The text an admin signs (EIP-191 personal message) to authorize one export of `address`."""
+    return f"clave: authorize export of 0x{address.hex()} (challenge 0x{challenge.hex()})".encode()
+
+
+def encode_user_data(master: bytes | None, admins: bytes | None = None) -> bytes | None:
+    """The `user_data` an enclave holding a key with commitment `master` (and an admin set with hash
+    `admins`) attests to (None: no key yet)."""
+    if master is None:
+        return None
+    if len(master) != COMMITMENT_SIZE:
+        raise ValueError("a master-key commitment is 32 bytes")
+    value: dict[str, Any] = {"v": USER_DATA_VERSION, "master": master}
+    if admins is not None:
+        value["admins"] = admins
+    return cbor2.dumps(value)
+
+
+def decode_admins(user_data: bytes | None) -> bytes | None:
+    """The admin-set hash in `user_data`, or None when the enclave holds no admin set."""
+    value = _decode(user_data)
+    if value is None:
+        return None
+    admins = value.get("admins")
+    if admins is None:
+        return None
+    if not isinstance(admins, bytes) or len(admins) != COMMITMENT_SIZE:
+        raise ProvenanceError("attestation user_data: admins must be 32 bytes")
+    return admins
+
+
+def decode_user_data(user_data: bytes | None) -> bytes | None:
+    """The master-key commitment in an attestation document's `user_data`, or None when there is none
+    (the enclave holds no master key yet). Anything else than clave's map is refused."""
+    value = _decode(user_data)
+    if value is None:
+        return None
+    master = value.get("master")
+    if not isinstance(master, bytes) or len(master) != COMMITMENT_SIZE:
+        raise ProvenanceError("attestation user_data: master must be 32 bytes")
+    return master
+
+
+def _decode(user_data: bytes | None) -> dict[str, Any] | None:
+    if user_data is None or user_data == b"":
+        return None
+    if len(user_data) > MAX_USER_DATA:
+        raise ProvenanceError("attestation user_data is too large")
+    try:
+        value: Any = cbor2.loads(user_data)
+    except Exception:
+        raise ProvenanceError("attestation user_data is not CBOR") from None
+    if not isinstance(value, dict) or value.get("v") != USER_DATA_VERSION:
+        raise ProvenanceError("attestation user_data is not a clave provenance map (v 1)")
+    return value
