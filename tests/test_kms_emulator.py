@@ -715,3 +715,30 @@ def test_bad_root_file_exits_with_a_message(tmp_path: Path) -> None:
         env=_child_env(),
     )
     assert missing.returncode == 1 and "kms-emulator:" in missing.stderr
+
+
+async def test_a_squatter_on_the_emulators_port_is_not_believed(tmp_path: Path, nsm: SoftwareNsm, doc: bytes) -> None:
+    """A process that took the emulator's port answers well-formed KMS replies (a data key of its choosing)
+    but cannot prove it holds the secret: the sidecar's client refuses the answer."""
+    make_app(tmp_path / "kms", load_root(nsm.root_pem))  # the real emulator's credentials file
+    seen: list[str] = []
+
+    async def squatter(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        body = {"KeyId": "k", "CiphertextBlob": base64.b64encode(b"b").decode(),
+                "CiphertextForRecipient": base64.b64encode(b"chosen-by-squatter").decode()}
+        headers = {"X-Clave-Emulator-Proof": "0" * 64} if len(seen) > 1 else {}
+        return web.json_response(body, content_type="application/x-amz-json-1.1", headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/", squatter)
+    runner, url = await _serve(app)
+    try:
+        sealing = KmsSealing(make_kms_client("us-east-1", url, credentials_path(tmp_path / "kms")))
+        for _ in range(2):  # no proof, then a wrong one
+            with pytest.raises(KmsRefused) as exc:
+                await sealing.generate_data_key("k", doc)
+            assert exc.value.kms_code == "NotTheEmulator" and "another process holds" in exc.value.message
+        assert len(seen) == 2 and all("Signature=" in a for a in seen)  # it saw signatures, never the secret
+    finally:
+        await runner.cleanup()

@@ -2,7 +2,10 @@
 
 Children: the enclave service (a local process with the software NSM, reached over a unix socket) and the
 KMS emulator (reached by boto3 through endpoint_url). The enclave is supervised like the Nitro watchdog
-does it: when it dies it is started again, and the sidecar attests and unseals again.
+does it: when it dies it is started again, and the sidecar attests and unseals again. The emulator is
+supervised too: it keeps its port across restarts (recorded in DATADIR/kms/endpoint.json), so the
+sidecar's endpoint stays valid, and it serves only requests SigV4-signed with the credentials in
+DATADIR/kms/credentials.json (0600), which the sidecar's client is given.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from clave.dev.kmsemu.auth import credentials_path
 from clave.link import aio
 from clave.link.process import child_env
 from clave.sidecar.config import SidecarConfig
@@ -60,7 +64,10 @@ class Child:
                 while True:
                     line = await self.process.stdout.readline()
                     if not line:
-                        raise RuntimeError(f"{self.name} exited before it was ready (see {self.log_path})")
+                        why = _last_line(self.log_path)
+                        raise RuntimeError(
+                            f"{self.name} exited before it was ready{': ' + why if why else ''} (see {self.log_path})"
+                        )
                     self._log.write(line)
                     self._log.flush()
                     match = self.ready.search(line.decode(errors="replace"))
@@ -120,6 +127,17 @@ class Child:
             self._log.close()
 
 
+def _last_line(path: Path) -> str:
+    """The last line a failed child wrote (its error), for the log line saying why it is not running."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 2048))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
 def _kill_group(pgid: int) -> None:
     """Children run in their own session (pgid = pid): end whatever of it is still running."""
     try:
@@ -139,9 +157,10 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
         re.compile(r"enclave listening"),
         logs / "enclave.log",
     )
+    kms_dir = datadir / "kms"
     kms = Child(
         "kms-emulator",
-        [sys.executable, "-m", "clave.dev.kmsemu", "--datadir", str(datadir / "kms"), "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "clave.dev.kmsemu", "--datadir", str(kms_dir), "--host", "127.0.0.1", "--port", "0",
          "--root", str(nsm_state / "root.pem")],
         re.compile(r"kms-emulator listening (\S+)"),
         logs / "kms.log",
@@ -152,7 +171,7 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
         enclave.supervise()
         match = await kms.start()
         kms.supervise()
-        config.kms_endpoint = match.group(1)
+        config.kms_endpoint = match.group(1)  # its port is recorded: a restarted emulator comes back here
         root = load_root((nsm_state / "root.pem").read_bytes())
         # The software NSM measures the installed code, so local PCR0 is real; the KMS key policy pins it.
         attestation = AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True))
@@ -160,6 +179,7 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
             config,
             attestation,
             kms_endpoint=config.kms_endpoint,
+            kms_credentials=credentials_path(kms_dir),
             provision_locally=config.kms_key_id is None,
             stop=stop,
             repin_locally=accept_new_enclave,

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from clave.dev.kmsemu import policy
-from clave.dev.kmsemu.auth import SigV4Verifier, ensure_credentials
+from clave.dev.kmsemu.auth import PROOF_HEADER, SigV4Verifier, ensure_credentials
 from clave.dev.kmsemu.cms_build import build_enveloped_data
 from clave.dev.kmsemu.store import Key, KeyStore, KmsFault
 from clave.sidecar.trust.attestation import AttestationError, verify_attestation
@@ -312,11 +312,12 @@ def _json(payload: Body, status: int = 200) -> web.Response:
 
 
 async def _handle(request: web.Request) -> web.Response:
-    emulator = request.app[EMULATOR]
+    emulator, verifier = request.app[EMULATOR], request.app[VERIFIER]
+    signature = ""
     try:
         raw = await request.read()
         # Nothing is looked at before the signature is: an unauthenticated caller learns nothing.
-        request.app[VERIFIER].verify(request.method, request.host, request.path_qs, dict(request.headers), raw)
+        signature = verifier.verify(request.method, request.host, request.path_qs, dict(request.headers), raw)
         target = request.headers.get("X-Amz-Target", "")
         op = target.removeprefix(TARGET_PREFIX)
         if not target.startswith(TARGET_PREFIX) or op not in OPERATIONS:
@@ -328,9 +329,13 @@ async def _handle(request: web.Request) -> web.Response:
         if not isinstance(body, dict):
             raise KmsFault("SerializationException", "request body must be a JSON object")
         handler: Callable[[Body], Body] = getattr(emulator, op)
-        return _json(_encode(handler(body)))
+        response = _json(_encode(handler(body)))
     except KmsFault as fault:
-        return _json({"__type": fault.type, "message": fault.message}, status=fault.status)
+        response = _json({"__type": fault.type, "message": fault.message}, status=fault.status)
+    if signature:
+        assert isinstance(response.body, bytes)
+        response.headers[PROOF_HEADER] = verifier.proof(signature, response.body)
+    return response
 
 
 @web.middleware

@@ -8,6 +8,10 @@ the request's `X-Amz-Date` must be within `MAX_SKEW_S` of now. A request without
 answered as KMS answers it (HTTP 400 MissingAuthenticationTokenException, UnrecognizedClientException,
 InvalidSignatureException) before the operation is even looked up.
 
+The other way round, every answer to a signed request carries `X-Clave-Emulator-Proof`, an HMAC with
+the same secret over the request's signature and the answer's body; the sidecar's client checks it
+(sidecar/trust/kms.py), so a process that took the emulator's port while it was down is refused too.
+
 Why SigV4 and not a unix socket: boto3 reaches an endpoint over HTTP(S)/TCP only, and SigV4 is what
 production KMS checks, so the sidecar's client is configured exactly as in production (credentials +
 endpoint) and the loopback port needs no secrecy: knowing it is not enough to be served.
@@ -33,6 +37,9 @@ from botocore.credentials import Credentials
 
 from clave.dev.kmsemu.store import KmsFault
 from clave.sidecar.secretfiles import write_private
+from clave.sidecar.trust.kms import PROOF_HEADER, response_proof
+
+__all__ = ["PROOF_HEADER", "EmulatorCredentials", "SigV4Verifier", "credentials_path", "ensure_credentials"]
 
 CREDENTIALS_FILE = "credentials.json"
 SERVICE = "kms"
@@ -93,8 +100,8 @@ class SigV4Verifier:
         self._region = region
         self._clock = clock
 
-    def verify(self, method: str, host: str, path_qs: str, headers: dict[str, str], body: bytes) -> None:
-        """Raise KmsFault unless the request is signed with our secret, for our region and service, now."""
+    def verify(self, method: str, host: str, path_qs: str, headers: dict[str, str], body: bytes) -> str:
+        """The request's signature; KmsFault unless it is signed with our secret, for our region and service, now."""
         lower = {k.lower(): v for k, v in headers.items()}
         auth = lower.get("authorization")
         if not auth:
@@ -147,3 +154,9 @@ class SigV4Verifier:
                 "InvalidSignatureException",
                 "The request signature we calculated does not match the signature you provided.",
             )
+        return expected
+
+    def proof(self, request_signature: str, response_body: bytes) -> str:
+        """What the answer carries in PROOF_HEADER: that it comes from the holder of the secret too."""
+        return response_proof(self._creds.secret_access_key, request_signature, response_body)
+

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import hmac
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +107,61 @@ def make_kms_client(region: str, endpoint_url: str | None = None, credentials_fi
     if credentials_file is None and os.environ.get(CREDENTIALS_ENV):
         credentials_file = Path(os.environ[CREDENTIALS_ENV])
     session = botocore.session.Session()
-    resolver = session.get_component("credential_provider")
-    resolver.insert_before("env", _EmulatorCredentialProvider(credentials_file))
-    return boto3.Session(botocore_session=session).client(
+    provider = _EmulatorCredentialProvider(credentials_file)
+    session.get_component("credential_provider").insert_before("env", provider)
+    client = boto3.Session(botocore_session=session).client(
         "kms", region_name=region, endpoint_url=endpoint_url, config=config
     )
+    if credentials_file is not None:
+        check = _ProofCheck(endpoint_url, provider.load())
+        client.meta.events.register("before-send.kms", check.sent)
+        client.meta.events.register("before-parse.kms", check.answered)
+    return client
 
 
 CREDENTIALS_ENV = "CLAVE_KMS_CREDENTIALS"
 _CREDENTIALS_TTL = datetime.timedelta(minutes=5)
+PROOF_HEADER = "X-Clave-Emulator-Proof"
+_SIGNATURE = re.compile(r"Signature=([0-9a-f]{64})")
+
+
+def response_proof(secret: str, request_signature: str, response_body: bytes) -> str:
+    """The local emulator's proof that an answer comes from the holder of its secret: an HMAC over the
+    request's SigV4 signature and the answer's body. A process that took the emulator's port while it was
+    down never learns the secret, so the sidecar never takes a data key (or a refusal) from it."""
+    message = b"clave-kmsemu-response\n" + request_signature.encode() + b"\n" + hashlib.sha256(response_body).digest()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+class NotTheEmulator(botocore.exceptions.BotoCoreError):
+    fmt = (
+        "the answer from {endpoint} does not carry the KMS emulator's proof (HTTP {status}): another process "
+        "holds the emulator's port, or the emulator has other credentials"
+    )
+
+
+class _ProofCheck:
+    """botocore hooks: remember each request's signature (before-send), check the answer's proof (before-parse).
+
+    One API call sends and parses on one thread, so the signature is kept per thread."""
+
+    def __init__(self, endpoint: str, credentials: Credentials) -> None:
+        self._endpoint, self._credentials = endpoint, credentials
+        self._local = threading.local()
+
+    def sent(self, request: Any, **_: Any) -> None:
+        auth = request.headers.get("Authorization", b"")
+        match = _SIGNATURE.search(auth.decode() if isinstance(auth, bytes) else str(auth))
+        self._local.signature = match.group(1) if match else ""
+
+    def answered(self, response_dict: dict[str, Any], **_: Any) -> None:
+        signature = getattr(self._local, "signature", "")
+        body = response_dict.get("body", b"")
+        claimed = str(response_dict.get("headers", {}).get(PROOF_HEADER, ""))
+        secret = self._credentials.get_frozen_credentials().secret_key
+        expected = response_proof(secret, signature, body if isinstance(body, bytes) else b"")
+        if not (signature and hmac.compare_digest(claimed.encode(), expected.encode())):
+            raise NotTheEmulator(endpoint=self._endpoint, status=response_dict.get("status_code"))
 
 
 class _EmulatorCredentialProvider(CredentialProvider):  # type: ignore[misc]
@@ -123,10 +172,12 @@ class _EmulatorCredentialProvider(CredentialProvider):  # type: ignore[misc]
 
     def __init__(self, path: Path | None) -> None:
         super().__init__()
-        self._path = path
+        self._credentials = self._make(path)
 
     def load(self) -> Credentials:
-        path = self._path
+        return self._credentials  # one object: the signer and the proof check see the same secret
+
+    def _make(self, path: Path | None) -> Credentials:
         if path is None:
             return Credentials("clave-local", "clave-local", method=self.METHOD)
 
@@ -155,6 +206,11 @@ def _map_error(op: str, exc: Exception) -> InfraError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return InfraError(
             f"KMS {op}: no AWS credentials", remedy="attach an instance role to the parent instance"
+        )
+    if isinstance(exc, NotTheEmulator):
+        return KmsRefused(
+            "NotTheEmulator", f"KMS {op}: {exc}",
+            "see the kms-emulator log: if its port is taken, stop that process (clave up restarts the emulator)",
         )
     if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
         return InfraError(f"KMS {op}: {exc}", remedy="check that the KMS emulator has started and the file is readable")
