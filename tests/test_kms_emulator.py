@@ -494,7 +494,7 @@ async def test_callers_without_the_secret_are_refused_every_operation(
     config = Config(retries={"max_attempts": 1})
 
     def client(**kw: Any) -> Any:
-        return boto3.client("kms", region_name="us-east-1", endpoint_url=endpoint, **({"config": config} | kw))
+        return boto3.client("kms", endpoint_url=endpoint, **({"config": config, "region_name": "us-east-1"} | kw))
 
     attackers = {
         "UnrecognizedClientException": [
@@ -503,8 +503,7 @@ async def test_callers_without_the_secret_are_refused_every_operation(
         ],
         "InvalidSignatureException": [
             client(aws_access_key_id=real.access_key_id, aws_secret_access_key="x" * 40),
-            boto3.client("kms", region_name="eu-west-1", endpoint_url=endpoint, config=config,
-                         aws_access_key_id=real.access_key_id, aws_secret_access_key=real.secret_access_key),
+            client(aws_access_key_id=real.access_key_id, aws_secret_access_key=real.secret_access_key[:-1]),
         ],
         "MissingAuthenticationTokenException": [
             client(config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}))
@@ -518,6 +517,9 @@ async def test_callers_without_the_secret_are_refused_every_operation(
     # Nothing changed, and the legitimate client is still served.
     assert (await call(kms, "get_key_policy", KeyId=key_id, PolicyName="default"))["Policy"] == policy_before
     assert len((await call(kms, "decrypt", CiphertextBlob=blob))["Plaintext"]) == 32
+    other_region = client(aws_access_key_id=real.access_key_id, aws_secret_access_key=real.secret_access_key,
+                          region_name="eu-west-1")  # --kms-region is not a secret: any scope, same key check
+    assert (await call(other_region, "describe_key", KeyId=key_id))["KeyMetadata"]["KeyId"] == key_id
     with pytest.raises(botocore.exceptions.ClientError):
         await call(kms, "describe_key", KeyId="alias/stolen")
 
@@ -540,6 +542,8 @@ async def test_raw_http_without_a_valid_signature_is_refused(endpoint: str, kms:
         ("lying content hash", put + b" ", good | {"X-Amz-Content-SHA256": good.get("X-Amz-Content-SHA256", "0" * 64)},
          "InvalidSignatureException"),
         ("wrong secret", put, sign(endpoint, target, put, "y" * 40, datadir=datadir), "InvalidSignatureException"),
+        ("wrong secret, other region", put, sign(endpoint, target, put, "y" * 40, datadir=datadir, region="eu-west-1"),
+         "InvalidSignatureException"),
         ("unknown key id", put, sign(endpoint, target, put, akid="AKIAOTHER", datadir=datadir),
          "UnrecognizedClientException"),
         ("unknown operation, unsigned", b"{}", base | {"X-Amz-Target": "TrentService.ScheduleKeyDeletion"},

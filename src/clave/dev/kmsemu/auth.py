@@ -111,11 +111,11 @@ class SigV4Verifier:
             raise KmsFault("IncompleteSignatureException", "Authorization header is not an AWS4-HMAC-SHA256 signature")
         if not hmac.compare_digest(match["akid"].encode(), self._creds.access_key_id.encode()):
             raise KmsFault("UnrecognizedClientException", "The security token included in the request is invalid.")
-        if match["service"] != SERVICE or match["region"] != self._region:
-            raise KmsFault(
-                "InvalidSignatureException",
-                f"Credential should be scoped to a valid region ({self._region}) and service ({SERVICE}).",
-            )
+        if match["service"] != SERVICE:
+            raise KmsFault("InvalidSignatureException", f"Credential should be scoped to service {SERVICE}.")
+        # Any region: the signing key is derived from the secret *and* the scope's region, so this costs no
+        # security, and a sidecar configured for another region (--kms-region) still reaches the emulator.
+        region = match["region"]
         amz_date = lower.get("x-amz-date", "")
         try:
             when = datetime.datetime.strptime(amz_date, SIGV4_TIMESTAMP).replace(tzinfo=datetime.UTC)
@@ -145,7 +145,7 @@ class SigV4Verifier:
         request = AWSRequest(method=method, url=f"http://{host}{path_qs}", headers=request_headers, data=body)
         request.context["timestamp"] = amz_date
         signer = SigV4Auth(
-            Credentials(self._creds.access_key_id, self._creds.secret_access_key), SERVICE, self._region
+            Credentials(self._creds.access_key_id, self._creds.secret_access_key), SERVICE, region
         )
         canonical = signer.canonical_request(request)
         expected = signer.signature(signer.string_to_sign(request, canonical), request)
