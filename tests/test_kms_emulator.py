@@ -524,6 +524,11 @@ async def test_callers_without_the_secret_are_refused_every_operation(
         await call(kms, "describe_key", KeyId="alias/stolen")
 
 
+def _unsigned_target(headers: dict[str, str]) -> dict[str, str]:
+    auth = headers["Authorization"].replace("x-amz-target", "").replace(";;", ";").replace("=;", "=").rstrip(";")
+    return headers | {"Authorization": auth.replace(";,", ",")}
+
+
 async def test_raw_http_without_a_valid_signature_is_refused(endpoint: str, kms: Any, tmp_path: Path) -> None:
     datadir = tmp_path / "kms"
     key_id = (await call(kms, "create_key"))["KeyMetadata"]["KeyId"]
@@ -544,6 +549,8 @@ async def test_raw_http_without_a_valid_signature_is_refused(endpoint: str, kms:
         ("wrong secret", put, sign(endpoint, target, put, "y" * 40, datadir=datadir), "InvalidSignatureException"),
         ("wrong secret, other region", put, sign(endpoint, target, put, "y" * 40, datadir=datadir, region="eu-west-1"),
          "InvalidSignatureException"),
+        ("target left unsigned", put, _unsigned_target(good), "InvalidSignatureException"),
+        ("non-ASCII content hash", put, good | {"X-Amz-Content-SHA256": "é" * 64}, "InvalidSignatureException"),
         ("unknown key id", put, sign(endpoint, target, put, akid="AKIAOTHER", datadir=datadir),
          "UnrecognizedClientException"),
         ("unknown operation, unsigned", b"{}", base | {"X-Amz-Target": "TrentService.ScheduleKeyDeletion"},

@@ -101,7 +101,7 @@ class SigV4Verifier:
         self._clock = clock
 
     def verify(self, method: str, host: str, path_qs: str, headers: dict[str, str], body: bytes) -> str:
-        """The request's signature; KmsFault unless it is signed with our secret, for our region and service, now."""
+        """The request's signature; KmsFault unless it is signed with our secret, for KMS, now."""
         lower = {k.lower(): v for k, v in headers.items()}
         auth = lower.get("authorization")
         if not auth:
@@ -127,11 +127,11 @@ class SigV4Verifier:
         if abs(now - when.timestamp()) > MAX_SKEW_S:
             raise KmsFault("InvalidSignatureException", f"Signature expired: {amz_date} is now earlier or later than allowed")
         signed = match["signed"].split(";")
-        if "host" not in signed or "x-amz-date" not in signed:
-            raise KmsFault("InvalidSignatureException", "SignedHeaders must include host and x-amz-date")
+        if not {"host", "x-amz-date", "x-amz-target"} <= set(signed):  # the operation is part of what is signed
+            raise KmsFault("InvalidSignatureException", "SignedHeaders must include host, x-amz-date and x-amz-target")
         digest = hashlib.sha256(body).hexdigest()
         claimed = lower.get("x-amz-content-sha256")
-        if claimed is not None and not hmac.compare_digest(claimed, digest):
+        if claimed is not None and not hmac.compare_digest(claimed.encode(), digest.encode()):
             raise KmsFault("InvalidSignatureException", "X-Amz-Content-SHA256 does not match the body")
         request_headers: dict[str, str] = {}
         for name in signed:
