@@ -151,6 +151,10 @@ def test_a_taken_port_fails_loudly_and_the_squatter_is_not_believed(tmp_path: Pa
 
         _wait(lambda: "is in use by another process" in clave.logs(), 30, "the port-taken log line", clave)
         assert f"port 127.0.0.1:{port}" in clave.logs()
+        # The keys are still unsealed (it signs), but /healthz already says what is wrong.
+        _wait(lambda: "is in use by another process" in str(_health(clave).get("last_error")), 10,
+              "/healthz last_error naming the taken port", clave)
+        assert _health(clave)["ready"] is True and _signs(clave, address)
 
         os.kill(_child(clave, "clave.dev.enclave"), signal.SIGKILL)
         _wait(lambda: "another process holds the emulator's port" in str(_health(clave).get("last_error")), 60,
@@ -166,6 +170,7 @@ def test_a_taken_port_fails_loudly_and_the_squatter_is_not_believed(tmp_path: Pa
         recovered = _wait(lambda: _signs(clave, address), 60, "signing once the port is free again", clave)
         print(f"signing again {recovered:.2f}s after the squatter left")
         assert _port(clave) == port
+        _wait(lambda: _health(clave).get("last_error") is None, 10, "last_error cleared", clave)
     finally:
         if server is not None:
             server.shutdown()

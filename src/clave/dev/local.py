@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +28,7 @@ from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.serve import run_sidecar, stop_event
 from clave.sidecar.signing.signer import AttestationConfig
 from clave.sidecar.trust.attestation import PcrPolicy, load_root
+from clave.sidecar.wiring import Sidecar
 
 log = logging.getLogger("clave.up")
 
@@ -36,8 +38,16 @@ READY_TIMEOUT = 30.0
 class Child:
     """A supervised child process whose readiness is one line on its stdout."""
 
-    def __init__(self, name: str, argv: list[str], ready: re.Pattern[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        ready: re.Pattern[str],
+        log_path: Path,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
+        self.on_failure = on_failure  # called with why a restart failed, then with "" once it is back
         self.argv = argv
         self.ready = ready
         self.log_path = log_path
@@ -105,8 +115,12 @@ class Child:
                 await self.start()
                 self.restarts += 1
                 delay = 0.2
+                if self.on_failure is not None:
+                    self.on_failure("")
             except RuntimeError as exc:
                 log.error("%s", exc)
+                if self.on_failure is not None:
+                    self.on_failure(str(exc))
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
@@ -165,6 +179,21 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
         re.compile(r"kms-emulator listening (\S+)"),
         logs / "kms.log",
     )
+    sidecars: list[Sidecar] = []
+    reported = [""]
+
+    def kms_failed(why: str) -> None:
+        # The keys stay unsealed while the emulator is down, so the sidecar stays ready; but /healthz
+        # says why the next unseal would fail (e.g. another process took the emulator's port).
+        for sidecar in sidecars:
+            status = sidecar.signer.status
+            if why:
+                status.last_error = why
+            elif status.last_error == reported[0]:
+                status.last_error = ""
+        reported[0] = why
+
+    kms.on_failure = kms_failed
     stop = stop_event()
     try:
         await enclave.start()
@@ -180,6 +209,7 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
             attestation,
             kms_endpoint=config.kms_endpoint,
             kms_credentials=credentials_path(kms_dir),
+            on_built=sidecars.append,
             provision_locally=config.kms_key_id is None,
             stop=stop,
             repin_locally=accept_new_enclave,
