@@ -35,6 +35,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 
 from clave.dev.kmsemu.app import make_app
+from clave.dev.kmsemu.auth import credentials_path
 from clave.dev.soft_nsm import SoftwareNsm
 from clave.enclave import kdf_pool
 from clave.enclave.server import FrameServer
@@ -221,7 +222,9 @@ async def running_stack(
                 kms_endpoint=kms_endpoint,
                 **overrides,
             )
-            kms_client = await asyncio.to_thread(make_kms_client, config.kms_region, kms_endpoint)
+            kms_client = await asyncio.to_thread(
+                make_kms_client, config.kms_region, kms_endpoint, credentials_path(root / "kms")
+            )
             attestation = AttestationConfig(
                 root=load_root(root_pem), pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True)
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import os
 import signal
@@ -20,17 +21,25 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
+import boto3
+import botocore
 import botocore.exceptions
 import cbor2
 import pytest
 from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from clave.core.errors import InfraError
 from clave.dev.kmsemu.app import make_app
+from clave.dev.kmsemu.auth import credentials_path, load_credentials
 from clave.dev.kmsemu.cms_build import build_enveloped_data
 from clave.dev.soft_nsm import SoftwareNsm
 from clave.enclave.nitro import nsm as nsm_api
@@ -86,8 +95,8 @@ async def endpoint(tmp_path: Path, nsm: SoftwareNsm) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def kms(endpoint: str) -> Any:
-    return make_kms_client("us-east-1", endpoint)
+def kms(endpoint: str, tmp_path: Path) -> Any:
+    return make_kms_client("us-east-1", endpoint, credentials_path(tmp_path / "kms"))
 
 
 async def call(client: Any, op: str, **params: Any) -> dict[str, Any]:
@@ -387,30 +396,175 @@ async def test_the_admin_statement_cannot_use_the_key(kms: Any, nsm: SoftwareNsm
     assert (await call(kms, "describe_key", KeyId=key_id))["KeyMetadata"]["KeyId"] == key_id
 
 
-async def test_wire_format_errors_are_kms_shaped(endpoint: str) -> None:
-    headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.Nope"}
+def sign(
+    url: str, target: str, body: bytes, secret: str | None = None, *, akid: str | None = None,
+    datadir: Path, region: str = "us-east-1", when: datetime.datetime | None = None,
+) -> dict[str, str]:
+    """Headers of a raw KMS request SigV4-signed by botocore (with the emulator's credentials by default)."""
+    creds = load_credentials(credentials_path(datadir))
+    request = AWSRequest(
+        method="POST", url=url + "/", data=body,
+        headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target},
+    )
+    signer = SigV4Auth(
+        Credentials(akid or creds.access_key_id, secret or creds.secret_access_key), "kms", region
+    )
+    with mock.patch("botocore.auth.get_current_datetime", return_value=when or datetime.datetime.now(datetime.UTC)):
+        signer.add_auth(request)
+    return dict(request.headers.items())
+
+
+async def test_wire_format_errors_are_kms_shaped(endpoint: str, tmp_path: Path) -> None:
+    datadir = tmp_path / "kms"
     async with aiohttp.ClientSession() as session:
+        headers = sign(endpoint, "TrentService.Nope", b"{}", datadir=datadir)
         async with session.post(endpoint + "/", data=b"{}", headers=headers) as resp:
             assert resp.status == 400 and resp.content_type == "application/x-amz-json-1.1"
             assert (await resp.json(content_type=None))["__type"] == "UnknownOperationException"
-        headers["X-Amz-Target"] = "TrentService.Encrypt"
+        headers = sign(endpoint, "TrentService.Encrypt", b"[1]", datadir=datadir)
         async with session.post(endpoint + "/", data=b"[1]", headers=headers) as resp:
             assert (
                 resp.status == 400
                 and (await resp.json(content_type=None))["__type"] == "SerializationException"
             )
-        headers["X-Amz-Target"] = "TrentService.GenerateRandom"
         bad_blob = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": "%%%"}
         body = json.dumps({"NumberOfBytes": 8, "Recipient": bad_blob}).encode()
+        headers = sign(endpoint, "TrentService.GenerateRandom", body, datadir=datadir)
         async with session.post(endpoint + "/", data=body, headers=headers) as resp:
             assert (
                 resp.status == 400
                 and (await resp.json(content_type=None))["__type"] == "SerializationException"
             )
         body = json.dumps({"NumberOfBytes": 8}).encode()
+        headers = sign(endpoint, "TrentService.GenerateRandom", body, datadir=datadir)
         async with session.post(endpoint + "/", data=body, headers=headers) as resp:
             answer = await resp.json(content_type=None)
             assert resp.status == 200 and len(base64.b64decode(answer["Plaintext"])) == 8
+
+
+# --- authentication: only the holder of the 0600 credentials file is served -----------------------------
+
+EVERY_OPERATION: dict[str, dict[str, Any]] = {
+    "create_key": {},
+    "describe_key": {"KeyId": "K"},
+    "create_alias": {"AliasName": "alias/stolen", "TargetKeyId": "K"},
+    "put_key_policy": {"KeyId": "K", "PolicyName": "default", "Policy": "P"},
+    "get_key_policy": {"KeyId": "K", "PolicyName": "default"},
+    "encrypt": {"KeyId": "K", "Plaintext": b"x"},
+    "decrypt": {"CiphertextBlob": b"B"},
+    "generate_data_key": {"KeyId": "K", "KeySpec": "AES_256"},
+    "generate_random": {"NumberOfBytes": 32},
+}
+ALLOW_ALL = json.dumps(
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:*",
+                                              "Resource": "*"}]}
+)
+
+
+def _params(template: dict[str, Any], key_id: str, blob: bytes) -> dict[str, Any]:
+    fill = {"K": key_id, "P": ALLOW_ALL}
+    out = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in template.items()}
+    if "CiphertextBlob" in out:
+        out["CiphertextBlob"] = blob
+    return out
+
+
+def test_credentials_file_is_private_and_kept(tmp_path: Path, nsm: SoftwareNsm) -> None:
+    root = load_root(nsm.root_pem)
+    make_app(tmp_path / "kms", root)
+    path = credentials_path(tmp_path / "kms")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    first = load_credentials(path)
+    make_app(tmp_path / "kms", root)  # a restart keeps them: the sidecar's client stays valid
+    assert load_credentials(path) == first and len(first.secret_access_key) >= 40
+    assert first.secret_access_key not in repr(first)
+    other = tmp_path / "other"
+    make_app(other, root)
+    assert load_credentials(credentials_path(other)).secret_access_key != first.secret_access_key
+
+
+async def test_callers_without_the_secret_are_refused_every_operation(
+    endpoint: str, kms: Any, tmp_path: Path
+) -> None:
+    """The review's attack: PutKeyPolicy allow-all, then Decrypt of the stored data key. Also every other op."""
+    key_id = (await call(kms, "create_key", Description="victim"))["KeyMetadata"]["KeyId"]
+    blob = (await call(kms, "generate_data_key", KeyId=key_id, KeySpec="AES_256"))["CiphertextBlob"]
+    policy_before = (await call(kms, "get_key_policy", KeyId=key_id, PolicyName="default"))["Policy"]
+    real = load_credentials(credentials_path(tmp_path / "kms"))
+    config = Config(retries={"max_attempts": 1})
+
+    def client(**kw: Any) -> Any:
+        return boto3.client("kms", endpoint_url=endpoint, **({"config": config, "region_name": "us-east-1"} | kw))
+
+    attackers = {
+        "UnrecognizedClientException": [
+            client(aws_access_key_id="AKIAOTHERUSER0000000", aws_secret_access_key=real.secret_access_key),
+            make_kms_client("us-east-1", endpoint),  # no credentials file: the old fixed dummies
+        ],
+        "InvalidSignatureException": [
+            client(aws_access_key_id=real.access_key_id, aws_secret_access_key="x" * 40),
+            client(aws_access_key_id=real.access_key_id, aws_secret_access_key=real.secret_access_key[:-1]),
+        ],
+        "MissingAuthenticationTokenException": [
+            client(config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}))
+        ],
+    }
+    for expected, clients in attackers.items():
+        for attacker in clients:
+            for op, template in EVERY_OPERATION.items():
+                err = await client_error(attacker, op, **_params(template, key_id, blob))
+                assert (code(err), err.response["ResponseMetadata"]["HTTPStatusCode"]) == (expected, 400), op
+    # Nothing changed, and the legitimate client is still served.
+    assert (await call(kms, "get_key_policy", KeyId=key_id, PolicyName="default"))["Policy"] == policy_before
+    assert len((await call(kms, "decrypt", CiphertextBlob=blob))["Plaintext"]) == 32
+    other_region = client(aws_access_key_id=real.access_key_id, aws_secret_access_key=real.secret_access_key,
+                          region_name="eu-west-1")  # --kms-region is not a secret: any scope, same key check
+    assert (await call(other_region, "describe_key", KeyId=key_id))["KeyMetadata"]["KeyId"] == key_id
+    with pytest.raises(botocore.exceptions.ClientError):
+        await call(kms, "describe_key", KeyId="alias/stolen")
+
+
+def _unsigned_target(headers: dict[str, str]) -> dict[str, str]:
+    auth = headers["Authorization"].replace("x-amz-target", "").replace(";;", ";").replace("=;", "=").rstrip(";")
+    return headers | {"Authorization": auth.replace(";,", ",")}
+
+
+async def test_raw_http_without_a_valid_signature_is_refused(endpoint: str, kms: Any, tmp_path: Path) -> None:
+    datadir = tmp_path / "kms"
+    key_id = (await call(kms, "create_key"))["KeyMetadata"]["KeyId"]
+    put = json.dumps({"KeyId": key_id, "PolicyName": "default", "Policy": ALLOW_ALL}).encode()
+    target = "TrentService.PutKeyPolicy"
+    good = sign(endpoint, target, put, datadir=datadir)
+    base = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target}
+    stale = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=6)
+    cases: list[tuple[str, bytes, dict[str, str], str]] = [
+        ("no Authorization", put, base, "MissingAuthenticationTokenException"),
+        ("garbage", put, base | {"Authorization": "Bearer letmein"}, "IncompleteSignatureException"),
+        ("stale date", put, sign(endpoint, target, put, datadir=datadir, when=stale), "InvalidSignatureException"),
+        ("other body, same signature", put.replace(b"default", b"defauLt"), good, "InvalidSignatureException"),
+        ("other target, same signature", put, good | {"X-Amz-Target": "TrentService.Decrypt"},
+         "InvalidSignatureException"),
+        ("lying content hash", put + b" ", good | {"X-Amz-Content-SHA256": good.get("X-Amz-Content-SHA256", "0" * 64)},
+         "InvalidSignatureException"),
+        ("wrong secret", put, sign(endpoint, target, put, "y" * 40, datadir=datadir), "InvalidSignatureException"),
+        ("wrong secret, other region", put, sign(endpoint, target, put, "y" * 40, datadir=datadir, region="eu-west-1"),
+         "InvalidSignatureException"),
+        ("target left unsigned", put, _unsigned_target(good), "InvalidSignatureException"),
+        ("non-ASCII content hash", put, good | {"X-Amz-Content-SHA256": "é" * 64}, "InvalidSignatureException"),
+        ("unknown key id", put, sign(endpoint, target, put, akid="AKIAOTHER", datadir=datadir),
+         "UnrecognizedClientException"),
+        ("unknown operation, unsigned", b"{}", base | {"X-Amz-Target": "TrentService.ScheduleKeyDeletion"},
+         "MissingAuthenticationTokenException"),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for name, body, headers, expected in cases:
+            async with session.post(endpoint + "/", data=body, headers=headers) as resp:
+                answer = await resp.json(content_type=None)
+                assert (resp.status, answer["__type"]) == (400, expected), (name, answer)
+        policy = (await call(kms, "get_key_policy", KeyId=key_id, PolicyName="default"))["Policy"]
+        assert json.loads(policy)["Id"] == "key-default-1"  # still the default: no allow-all got through
+        async with session.post(endpoint + "/", data=put, headers=good) as resp:  # the signed one is served
+            assert resp.status == 200, await resp.text()
 
 
 # --- the sidecar client's error mapping ----------------------------------------------------------------
@@ -524,7 +678,7 @@ async def test_keys_and_blobs_survive_a_restart(
     datadir = tmp_path / "kms-data"
     proc, url = _start(datadir, nsm_state / "root.pem")
     try:
-        client = make_kms_client("us-east-1", url)
+        client = make_kms_client("us-east-1", url, credentials_path(datadir))
         key_id = await enclave_key(client, nsm)
         doc = nsm_api.attestation(nsm, public_key=spki(rsa_key))
         wrapped, first = await KmsSealing(client).generate_data_key(key_id, doc)
@@ -538,7 +692,7 @@ async def test_keys_and_blobs_survive_a_restart(
 
     proc, url = _start(datadir, nsm_state / "root.pem")
     try:
-        client = make_kms_client("us-east-1", url)
+        client = make_kms_client("us-east-1", url, credentials_path(datadir))
         doc = nsm_api.attestation(nsm, public_key=spki(rsa_key))
         again = await KmsSealing(client).decrypt(key_id, wrapped, doc)
         assert open_enveloped_data(again, rsa_key) == open_enveloped_data(first, rsa_key)
@@ -572,3 +726,30 @@ def test_bad_root_file_exits_with_a_message(tmp_path: Path) -> None:
         env=_child_env(),
     )
     assert missing.returncode == 1 and "kms-emulator:" in missing.stderr
+
+
+async def test_a_squatter_on_the_emulators_port_is_not_believed(tmp_path: Path, nsm: SoftwareNsm, doc: bytes) -> None:
+    """A process that took the emulator's port answers well-formed KMS replies (a data key of its choosing)
+    but cannot prove it holds the secret: the sidecar's client refuses the answer."""
+    make_app(tmp_path / "kms", load_root(nsm.root_pem))  # the real emulator's credentials file
+    seen: list[str] = []
+
+    async def squatter(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        body = {"KeyId": "k", "CiphertextBlob": base64.b64encode(b"b").decode(),
+                "CiphertextForRecipient": base64.b64encode(b"chosen-by-squatter").decode()}
+        headers = {"X-Clave-Emulator-Proof": "0" * 64} if len(seen) > 1 else {}
+        return web.json_response(body, content_type="application/x-amz-json-1.1", headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/", squatter)
+    runner, url = await _serve(app)
+    try:
+        sealing = KmsSealing(make_kms_client("us-east-1", url, credentials_path(tmp_path / "kms")))
+        for _ in range(2):  # no proof, then a wrong one
+            with pytest.raises(KmsRefused) as exc:
+                await sealing.generate_data_key("k", doc)
+            assert exc.value.kms_code == "NotTheEmulator" and "another process holds" in exc.value.message
+        assert len(seen) == 2 and all("Signature=" in a for a in seen)  # it saw signatures, never the secret
+    finally:
+        await runner.cleanup()

@@ -113,9 +113,11 @@ def test_attest_cli(clave: ClaveProcess, tmp_path: Path) -> None:
     assert pcr0 in policy.stdout and "kms:RecipientAttestation:PCR0" in policy.stdout
 
 
-def _kms(endpoint: str):  # type: ignore[no-untyped-def]
-    return boto3.client("kms", region_name="us-east-1", endpoint_url=endpoint, aws_access_key_id="x",
-                        aws_secret_access_key="x", config=Config(retries={"max_attempts": 1}))
+def _kms(endpoint: str, kms_dir: Path):  # type: ignore[no-untyped-def]
+    """A client with the emulator's own credentials (it serves nothing else: dev/kmsemu/auth.py)."""
+    creds = json.loads((kms_dir / "credentials.json").read_text())
+    return boto3.client("kms", region_name="us-east-1", endpoint_url=endpoint, config=Config(retries={"max_attempts": 1}),
+                        aws_access_key_id=creds["aws_access_key_id"], aws_secret_access_key=creds["aws_secret_access_key"])
 
 
 def _tampered(document: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
@@ -141,7 +143,7 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
     )
     try:
         assert "listening" in (emulator.stdout.readline() if emulator.stdout else "")
-        kms = _kms(f"http://127.0.0.1:{port}")
+        kms = _kms(f"http://127.0.0.1:{port}", kms_dir)
         key_id = _meta(clave.datadir, "kms_key_id").decode()
         blob = _meta(clave.datadir, "kms_data_key")
         recipient = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256"}
@@ -158,11 +160,11 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
 
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        assert refused(_tampered(document, lambda f: f.__setitem__("public_key", other)))
-        assert refused(_tampered(document, lambda f: f["pcrs"].__setitem__(0, bytes(48))))
-        assert refused(_tampered(document, lambda f: f["pcrs"].__setitem__(3, b"\x01" * 48)))
+        assert refused(_tampered(document, lambda f: f.__setitem__("public_key", other))) == "ValidationException"
+        assert refused(_tampered(document, lambda f: f["pcrs"].__setitem__(0, bytes(48)))) == "ValidationException"
+        assert refused(_tampered(document, lambda f: f["pcrs"].__setitem__(3, b"\x01" * 48))) == "ValidationException"
         time.sleep(3.2)
-        assert refused(document)  # the same genuine document, now too old: a replay
+        assert refused(document) == "ValidationException"  # the same genuine document, now too old: a replay
     finally:
         emulator.terminate()
         emulator.wait(10)

@@ -556,6 +556,13 @@ def test_local_mode_units_run_as_rendered(converged: Converged, tmp_path: Path) 
                                   {"jsonrpc": "2.0", "id": 1, "method": "account_version", "params": []})
         assert (status, reply["result"]) == (200, "6.1.0")
         assert (runtime / "clave/clave.ipc").is_socket()
+        # The emulator serves only SigV4 with its 0600 credentials (which the sidecar was given by the unit).
+        assert oct((state / "clave-kms/credentials.json").stat().st_mode & 0o777) == "0o600"
+        kms_port = converged.inventory["all"]["children"]["clave"]["children"]["clave_validators"]["hosts"][
+            "sonic1"]["clave_kms_emulator_port"]
+        status, reply = post_json(f"http://127.0.0.1:{kms_port}/", {"KeyId": "alias/x"},
+                                  headers={"X-Amz-Target": "TrentService.Decrypt"})
+        assert (status, reply["__type"]) == (400, "MissingAuthenticationTokenException")
 
         notify.messages.clear()
         procs.append(_start(argv("clave-validator-password.service"), env, tmp_path / "fifo.log"))

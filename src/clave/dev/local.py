@@ -2,7 +2,10 @@
 
 Children: the enclave service (a local process with the software NSM, reached over a unix socket) and the
 KMS emulator (reached by boto3 through endpoint_url). The enclave is supervised like the Nitro watchdog
-does it: when it dies it is started again, and the sidecar attests and unseals again.
+does it: when it dies it is started again, and the sidecar attests and unseals again. The emulator is
+supervised too: it keeps its port across restarts (recorded in DATADIR/kms/endpoint.json), so the
+sidecar's endpoint stays valid, and it serves only requests SigV4-signed with the credentials in
+DATADIR/kms/credentials.json (0600), which the sidecar's client is given.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from clave.dev.kmsemu.auth import credentials_path
 from clave.link import aio
 from clave.link.process import child_env
 from clave.sidecar.config import SidecarConfig
@@ -23,6 +28,7 @@ from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.serve import run_sidecar, stop_event
 from clave.sidecar.signing.signer import AttestationConfig
 from clave.sidecar.trust.attestation import PcrPolicy, load_root
+from clave.sidecar.wiring import Sidecar
 
 log = logging.getLogger("clave.up")
 
@@ -32,8 +38,16 @@ READY_TIMEOUT = 30.0
 class Child:
     """A supervised child process whose readiness is one line on its stdout."""
 
-    def __init__(self, name: str, argv: list[str], ready: re.Pattern[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        ready: re.Pattern[str],
+        log_path: Path,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
+        self.on_failure = on_failure  # called with why a restart failed, then with "" once it is back
         self.argv = argv
         self.ready = ready
         self.log_path = log_path
@@ -60,7 +74,10 @@ class Child:
                 while True:
                     line = await self.process.stdout.readline()
                     if not line:
-                        raise RuntimeError(f"{self.name} exited before it was ready (see {self.log_path})")
+                        why = _last_line(self.log_path)
+                        raise RuntimeError(
+                            f"{self.name} exited before it was ready{': ' + why if why else ''} (see {self.log_path})"
+                        )
                     self._log.write(line)
                     self._log.flush()
                     match = self.ready.search(line.decode(errors="replace"))
@@ -98,8 +115,12 @@ class Child:
                 await self.start()
                 self.restarts += 1
                 delay = 0.2
+                if self.on_failure is not None:
+                    self.on_failure("")
             except RuntimeError as exc:
                 log.error("%s", exc)
+                if self.on_failure is not None:
+                    self.on_failure(str(exc))
                 delay = min(delay * 2, 5.0)
 
     async def stop(self) -> None:
@@ -118,6 +139,17 @@ class Child:
             _kill_group(self.process.pid)
         if self._log is not None:
             self._log.close()
+
+
+def _last_line(path: Path) -> str:
+    """The last line a failed child wrote (its error), for the log line saying why it is not running."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 2048))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 def _kill_group(pgid: int) -> None:
@@ -139,20 +171,36 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
         re.compile(r"enclave listening"),
         logs / "enclave.log",
     )
+    kms_dir = datadir / "kms"
     kms = Child(
         "kms-emulator",
-        [sys.executable, "-m", "clave.dev.kmsemu", "--datadir", str(datadir / "kms"), "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "clave.dev.kmsemu", "--datadir", str(kms_dir), "--host", "127.0.0.1", "--port", "0",
          "--root", str(nsm_state / "root.pem")],
         re.compile(r"kms-emulator listening (\S+)"),
         logs / "kms.log",
     )
+    sidecars: list[Sidecar] = []
+    reported = [""]
+
+    def kms_failed(why: str) -> None:
+        # The keys stay unsealed while the emulator is down, so the sidecar stays ready; but /healthz
+        # says why the next unseal would fail (e.g. another process took the emulator's port).
+        for sidecar in sidecars:
+            status = sidecar.signer.status
+            if why:
+                status.last_error = why
+            elif status.last_error == reported[0]:
+                status.last_error = ""
+        reported[0] = why
+
+    kms.on_failure = kms_failed
     stop = stop_event()
     try:
         await enclave.start()
         enclave.supervise()
         match = await kms.start()
         kms.supervise()
-        config.kms_endpoint = match.group(1)
+        config.kms_endpoint = match.group(1)  # its port is recorded: a restarted emulator comes back here
         root = load_root((nsm_state / "root.pem").read_bytes())
         # The software NSM measures the installed code, so local PCR0 is real; the KMS key policy pins it.
         attestation = AttestationConfig(root=root, pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True))
@@ -160,6 +208,8 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
             config,
             attestation,
             kms_endpoint=config.kms_endpoint,
+            kms_credentials=credentials_path(kms_dir),
+            on_built=sidecars.append,
             provision_locally=config.kms_key_id is None,
             stop=stop,
             repin_locally=accept_new_enclave,

@@ -11,6 +11,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 from clave.core.errors import ConfigError
 from clave.link import aio
@@ -108,13 +109,17 @@ async def run_sidecar(
     *,
     kms_endpoint: str | None,
     provision_locally: bool,
+    kms_credentials: Path | None = None,
     stop: asyncio.Event,
     repin_locally: bool = False,
+    on_built: Callable[[Sidecar], None] | None = None,
 ) -> int:
-    kms_client = make_kms_client(config.kms_region, kms_endpoint)
+    kms_client = make_kms_client(config.kms_region, kms_endpoint, kms_credentials)
     provision = local_key_provisioner(kms_client) if provision_locally else None
     repin = local_key_repinner(kms_client) if repin_locally else None
     sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision, repin_key=repin)
+    if on_built is not None:
+        on_built(sidecar)  # `clave up`: lets its child supervision report into /healthz
     pool: WorkerPool | None = None
     try:
         await sidecar.start()

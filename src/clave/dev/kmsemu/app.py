@@ -9,7 +9,8 @@ With `Recipient` (Decrypt, GenerateDataKey, GenerateRandom) it does what KMS doe
 the attestation document (chain to the pinned dev root, signature, freshness) with the sidecar's own
 verifier, evaluates the key policy with the document's PCRs as `kms:RecipientAttestation:*` condition
 keys, and returns `CiphertextForRecipient` (BER CMS to the document's RSA key) with no `Plaintext`.
-SigV4 is not checked and principals are not modelled (see policy.py).
+Every request must carry a valid SigV4 signature made with the credentials in the emulator's 0600
+credentials file (auth.py); principals are not modelled beyond that (see policy.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from clave.dev.kmsemu import policy
+from clave.dev.kmsemu.auth import PROOF_HEADER, SigV4Verifier, ensure_credentials
 from clave.dev.kmsemu.cms_build import build_enveloped_data
 from clave.dev.kmsemu.store import Key, KeyStore, KmsFault
 from clave.sidecar.trust.attestation import AttestationError, verify_attestation
@@ -293,6 +295,7 @@ OPERATIONS = (
     "GenerateRandom",
 )
 EMULATOR = web.AppKey("kms_emulator", Emulator)
+VERIFIER = web.AppKey("kms_sigv4", SigV4Verifier)
 
 
 def _encode(out: Body) -> Body:
@@ -309,13 +312,16 @@ def _json(payload: Body, status: int = 200) -> web.Response:
 
 
 async def _handle(request: web.Request) -> web.Response:
-    emulator = request.app[EMULATOR]
+    emulator, verifier = request.app[EMULATOR], request.app[VERIFIER]
+    signature = ""
     try:
+        raw = await request.read()
+        # Nothing is looked at before the signature is: an unauthenticated caller learns nothing.
+        signature = verifier.verify(request.method, request.host, request.path_qs, dict(request.headers), raw)
         target = request.headers.get("X-Amz-Target", "")
         op = target.removeprefix(TARGET_PREFIX)
         if not target.startswith(TARGET_PREFIX) or op not in OPERATIONS:
             raise KmsFault("UnknownOperationException", f"unknown operation {target!r}")
-        raw = await request.read()
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -323,9 +329,13 @@ async def _handle(request: web.Request) -> web.Response:
         if not isinstance(body, dict):
             raise KmsFault("SerializationException", "request body must be a JSON object")
         handler: Callable[[Body], Body] = getattr(emulator, op)
-        return _json(_encode(handler(body)))
+        response = _json(_encode(handler(body)))
     except KmsFault as fault:
-        return _json({"__type": fault.type, "message": fault.message}, status=fault.status)
+        response = _json({"__type": fault.type, "message": fault.message}, status=fault.status)
+    if signature:
+        assert isinstance(response.body, bytes)
+        response.headers[PROOF_HEADER] = verifier.proof(signature, response.body)
+    return response
 
 
 @web.middleware
@@ -354,5 +364,6 @@ def make_app(
     store = KeyStore(Path(datadir), region=region, account=account, clock=clock)
     app = web.Application(middlewares=[_internal_errors], client_max_size=1024 * 1024)
     app[EMULATOR] = Emulator(store, root, clock, max_age_ms)
+    app[VERIFIER] = SigV4Verifier(ensure_credentials(Path(datadir)), region, clock)
     app.router.add_post("/", _handle)
     return app

@@ -13,12 +13,21 @@ KMS's message and what to do; KMS or the network failing (throttling, 5xx, timeo
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
+import hmac
+import json
+import os
 import re
+import threading
+from pathlib import Path
 from typing import Any
 
 import boto3
 import botocore.exceptions
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import CredentialProvider, Credentials, DeferredRefreshableCredentials
 
 from clave.core.errors import InfraError
 
@@ -44,6 +53,8 @@ REFUSALS = frozenset(
         "UnrecognizedClientException",
         "InvalidSignatureException",
         "ExpiredTokenException",
+        "MissingAuthenticationTokenException",
+        "IncompleteSignatureException",
     }
 )
 
@@ -58,6 +69,11 @@ _REMEDIES = {
     "IncorrectKeyException": "the stored wrapped data key belongs to another KMS key; check --kms-key-id",
     "ValidationException": "KMS rejected the request or the attestation document (stale or unverifiable?)",
     "DisabledException": "enable the KMS key",
+    "UnrecognizedClientException": (
+        "KMS does not know these credentials; with the local emulator, pass its credentials.json "
+        "(CLAVE_KMS_CREDENTIALS, or `clave up`, which does it)"
+    ),
+    "InvalidSignatureException": "the request signature is wrong: check the credentials and the clock",
     "KMSInvalidStateException": "the KMS key is pending deletion or disabled; cancel deletion / enable it",
 }
 _NOT_KMS = "check that --kms-endpoint (if set) is AWS KMS or the local emulator"
@@ -73,8 +89,14 @@ class KmsRefused(InfraError):
         self.kms_code = kms_code
 
 
-def make_kms_client(region: str, endpoint_url: str | None = None) -> Any:
-    """A boto3 KMS client; with `endpoint_url` (the local emulator) it uses dummy static credentials."""
+def make_kms_client(region: str, endpoint_url: str | None = None, credentials_file: Path | None = None) -> Any:
+    """A boto3 KMS client. With `endpoint_url` (the local emulator) it signs with the emulator's credentials.
+
+    The emulator refuses any request not SigV4-signed with the access key in its 0600 credentials file
+    (`clave.dev.kmsemu.auth`); `credentials_file` (default: $CLAVE_KMS_CREDENTIALS) is that file. It is
+    read when the first request is signed and again every few minutes, so the sidecar may start before
+    the emulator has written it. A developer's own AWS credentials are never used against an emulator.
+    """
     config = Config(
         retries={"max_attempts": 4, "mode": "standard"},  # standard mode retries throttling and 5xx
         connect_timeout=5,
@@ -82,15 +104,95 @@ def make_kms_client(region: str, endpoint_url: str | None = None) -> Any:
     )
     if endpoint_url is None:
         return boto3.client("kms", region_name=region, config=config)
-    # The emulator ignores SigV4; fixed credentials keep a developer's real ones out of local runs.
-    return boto3.client(
-        "kms",
-        region_name=region,
-        endpoint_url=endpoint_url,
-        aws_access_key_id="clave-local",
-        aws_secret_access_key="clave-local",
-        config=config,
+    if credentials_file is None and os.environ.get(CREDENTIALS_ENV):
+        credentials_file = Path(os.environ[CREDENTIALS_ENV])
+    session = botocore.session.Session()
+    provider = _EmulatorCredentialProvider(credentials_file)
+    session.get_component("credential_provider").insert_before("env", provider)
+    client = boto3.Session(botocore_session=session).client(
+        "kms", region_name=region, endpoint_url=endpoint_url, config=config
     )
+    if credentials_file is not None:
+        check = _ProofCheck(endpoint_url, provider.load())
+        client.meta.events.register("before-send.kms", check.sent)
+        client.meta.events.register("before-parse.kms", check.answered)
+    return client
+
+
+CREDENTIALS_ENV = "CLAVE_KMS_CREDENTIALS"
+_CREDENTIALS_TTL = datetime.timedelta(minutes=5)
+PROOF_HEADER = "X-Clave-Emulator-Proof"
+_SIGNATURE = re.compile(r"Signature=([0-9a-f]{64})")
+
+
+def response_proof(secret: str, request_signature: str, response_body: bytes) -> str:
+    """The local emulator's proof that an answer comes from the holder of its secret: an HMAC over the
+    request's SigV4 signature and the answer's body. A process that took the emulator's port while it was
+    down never learns the secret, so the sidecar never takes a data key (or a refusal) from it."""
+    message = b"clave-kmsemu-response\n" + request_signature.encode() + b"\n" + hashlib.sha256(response_body).digest()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+class NotTheEmulator(botocore.exceptions.BotoCoreError):
+    fmt = (
+        "the answer from {endpoint} does not carry the KMS emulator's proof (HTTP {status}): another process "
+        "holds the emulator's port, or the emulator has other credentials"
+    )
+
+
+class _ProofCheck:
+    """botocore hooks: remember each request's signature (before-send), check the answer's proof (before-parse).
+
+    One API call sends and parses on one thread, so the signature is kept per thread."""
+
+    def __init__(self, endpoint: str, credentials: Credentials) -> None:
+        self._endpoint, self._credentials = endpoint, credentials
+        self._local = threading.local()
+
+    def sent(self, request: Any, **_: Any) -> None:
+        auth = request.headers.get("Authorization", b"")
+        match = _SIGNATURE.search(auth.decode() if isinstance(auth, bytes) else str(auth))
+        self._local.signature = match.group(1) if match else ""
+
+    def answered(self, response_dict: dict[str, Any], **_: Any) -> None:
+        signature = getattr(self._local, "signature", "")
+        body = response_dict.get("body", b"")
+        claimed = str(response_dict.get("headers", {}).get(PROOF_HEADER, ""))
+        secret = self._credentials.get_frozen_credentials().secret_key
+        expected = response_proof(secret, signature, body if isinstance(body, bytes) else b"")
+        if not (signature and hmac.compare_digest(claimed.encode(), expected.encode())):
+            raise NotTheEmulator(endpoint=self._endpoint, status=response_dict.get("status_code"))
+
+
+class _EmulatorCredentialProvider(CredentialProvider):  # type: ignore[misc]
+    """The local emulator's credentials file; without one, fixed dummies (the emulator refuses them)."""
+
+    METHOD = "clave-kms-emulator-file"
+    CANONICAL_NAME = "clave-kms-emulator-file"
+
+    def __init__(self, path: Path | None) -> None:
+        super().__init__()
+        self._credentials = self._make(path)
+
+    def load(self) -> Credentials:
+        return self._credentials  # one object: the signer and the proof check see the same secret
+
+    def _make(self, path: Path | None) -> Credentials:
+        if path is None:
+            return Credentials("clave-local", "clave-local", method=self.METHOD)
+
+        def refresh() -> dict[str, Any]:
+            try:
+                data = json.loads(path.read_text())
+                access, secret = data["aws_access_key_id"], data["aws_secret_access_key"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise botocore.exceptions.CredentialRetrievalError(
+                    provider=self.METHOD, error_msg=f"cannot read the KMS emulator credentials {path}: {exc}"
+                ) from None
+            expiry = datetime.datetime.now(datetime.UTC) + _CREDENTIALS_TTL
+            return {"access_key": access, "secret_key": secret, "token": None, "expiry_time": expiry.isoformat()}
+
+        return DeferredRefreshableCredentials(refresh_using=refresh, method=self.METHOD)
 
 
 def _map_error(op: str, exc: Exception) -> InfraError:
@@ -105,6 +207,13 @@ def _map_error(op: str, exc: Exception) -> InfraError:
         return InfraError(
             f"KMS {op}: no AWS credentials", remedy="attach an instance role to the parent instance"
         )
+    if isinstance(exc, NotTheEmulator):
+        return KmsRefused(
+            "NotTheEmulator", f"KMS {op}: {exc}",
+            "see the kms-emulator log: if its port is taken, stop that process (clave up restarts the emulator)",
+        )
+    if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
+        return InfraError(f"KMS {op}: {exc}", remedy="check that the KMS emulator has started and the file is readable")
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return KmsRefused("ParamValidationError", f"KMS {op}: invalid request: {exc}")
     return InfraError(f"KMS {op} unreachable: {exc}", remedy="check network access to the KMS endpoint")
