@@ -211,6 +211,7 @@ async def _over_ipc(stack: Stack, body: bytes) -> None:
         writer.close()
 
 
+@pytest.mark.slow  # in-process, but ~8 s: CI runs it with every tier; `make check` stays quick
 @settings(max_examples=EXAMPLES, deadline=None, derandomize="CLAVE_FUZZ_EXAMPLES" not in os.environ,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])

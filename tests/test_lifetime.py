@@ -22,27 +22,12 @@ from eth_account.messages import encode_defunct
 
 from clave.sidecar.transports.ipc_client import IpcClient
 from tests.clients import import_key
-from tests.stack import ClaveProcess
+from tests.stack import ClaveProcess, process_table
 
 pytestmark = pytest.mark.slow
 
 ADDRESS_LINE = re.compile(r"^Public address of the key:\s+(0x[0-9a-f]{40})$", re.M)
 DEADLINE = 10.0  # seconds for every orphan to be gone
-
-
-def _table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (parent pid, state, command line) of every process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        table[int(entry.name)] = (int(stat[1]), stat[0], cmdline)
-    return table
 
 
 def _descendants(root: int, table: dict[int, tuple[int, str, str]]) -> set[int]:
@@ -56,7 +41,7 @@ def _descendants(root: int, table: dict[int, tuple[int, str, str]]) -> set[int]:
 
 def _living(pids: set[int], datadir: Path) -> dict[int, str]:
     """Which of `pids`, or of any process naming `datadir`, still run (zombies are dead, only unreaped)."""
-    table = _table()
+    table = process_table()
     return {pid: cmd for pid, (_, state, cmd) in table.items()
             if state != "Z" and (pid in pids or str(datadir) in cmd) and pid != os.getpid()}
 
@@ -73,7 +58,7 @@ def test_nothing_outlives_a_killed_clave_up(tmp_path: Path) -> None:
         signature = clave.rpc("eth_sign", address, "0x0bad")
         assert Account.recover_message(encode_defunct(b"\x0b\xad"), signature=signature).lower() == address
 
-        table = _table()
+        table = process_table()
         tree = _descendants(clave.proc.pid, table)
         commands = " | ".join(table[pid][2] for pid in tree)
         for part in ("clave.dev.enclave", "clave.dev.kmsemu", "clave.sidecar.transports.http_worker",

@@ -19,24 +19,14 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from tests.accounts import new_account
-from tests.stack import ClaveProcess, RpcFailure, get_text
+from tests.stack import ClaveProcess, RpcFailure, get_text, process_table
 
 pytestmark = pytest.mark.slow  # starts `clave up`
 
 
 def _children(parent: int, marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        if int(stat[1]) == parent and marker in cmdline and stat[0] != "Z":
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, (ppid, state, cmdline) in process_table().items()
+            if ppid == parent and marker in cmdline and state != "Z"]
 
 
 def _child(clave: ClaveProcess, marker: str, *, not_pid: int = 0, timeout: float = 30) -> int:
