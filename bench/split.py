@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
@@ -69,34 +70,22 @@ def split_frame(size: int) -> tuple[float, int]:
 async def stack(message: bytes) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.inproc import running_stack
-    from tests.stack import RpcFailure
-
-    failures: list[str] = []
 
     with tempfile.TemporaryDirectory() as tmp:
         async with running_stack(Path(tmp) / "stack") as s:
             account = await s.rpc("account_new")
-            latencies: list[float] = []
-            stop = asyncio.Event()
+            timing: dict[str, Any] = {}
 
-            async def sign_loop() -> None:
-                while not stop.is_set():
-                    started = time.perf_counter()
-                    try:
-                        await s.http_rpc("eth_sign", account, "0x" + b"bench".hex())
-                    except RpcFailure as exc:  # before the fix: "enclave not ready" (its health check starved)
-                        failures.append(f"{exc.code} {exc.message}")
-                    latencies.append(time.perf_counter() - started)
-                    await asyncio.sleep(0.002)
+            async def big_message() -> None:
+                await asyncio.sleep(0.2)
+                started = time.perf_counter()
+                # before the fix, HTTP eth_sign failed meanwhile: "enclave not ready" (its health check starved)
+                timing["replies"] = await s.ipc_raw(message + b"\n", timeout=120)
+                timing["elapsed"] = time.perf_counter() - started
+                await asyncio.sleep(0.2)
 
-            task = asyncio.create_task(sign_loop())
-            await asyncio.sleep(0.2)
-            started = time.perf_counter()
-            replies = await s.ipc_raw(message + b"\n", timeout=120)
-            elapsed = time.perf_counter() - started
-            await asyncio.sleep(0.2)
-            stop.set()
-            await task
+            latencies, failures = await s.sign_while(big_message, account, over_http=True)
+    replies, elapsed = timing["replies"], timing["elapsed"]
     ms = sorted(v * 1000 for v in latencies)
     error = replies[0].get("error") if replies else None
     print(f"stack: {len(message) / 1e6:.2f} MB over IPC answered in {elapsed * 1000:.0f} ms ({error}); "

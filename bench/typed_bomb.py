@@ -67,7 +67,6 @@ def direct(types: int) -> None:
 
 async def stack(types: int) -> None:
     from tests.inproc import running_stack
-    from tests.stack import RpcFailure
 
     with tempfile.TemporaryDirectory() as tmp:
         async with running_stack(Path(tmp) / "stack") as s:
@@ -75,22 +74,10 @@ async def stack(types: int) -> None:
 
             failures: list[str] = []
 
-            async def sign_loop(stop: asyncio.Event, latencies: list[float]) -> None:
-                while not stop.is_set():
-                    started = time.perf_counter()
-                    try:
-                        await s.rpc("eth_sign", account, "0x" + b"bench".hex())
-                    except RpcFailure as exc:  # before the limits: "enclave not ready" (its health check starved)
-                        failures.append(f"{exc.code} {exc.message}")
-                    latencies.append(time.perf_counter() - started)
-                    await asyncio.sleep(0.002)
-
             async def measure(during: Any) -> list[float]:
-                stop, latencies = asyncio.Event(), []
-                task = asyncio.create_task(sign_loop(stop, latencies))
-                await during()
-                stop.set()
-                await task
+                # before the limits, signatures failed meanwhile: "enclave not ready" (its health check starved)
+                latencies, failed = await s.sign_while(during, account)
+                failures.extend(failed)
                 return latencies
 
             baseline = await measure(lambda: asyncio.sleep(0.5))

@@ -24,7 +24,8 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,34 @@ class Stack:
             raise RpcFailure(reply["error"]["code"], reply["error"]["message"], response.status)
         assert response.status == 200
         return reply["result"]
+
+    async def sign_while(
+        self, during: Callable[[], Awaitable[Any]], account: str, *, over_http: bool = False
+    ) -> tuple[list[float], list[str]]:
+        """Sign with `account` in a loop (every 2 ms) while `during()` runs: each call's latency in seconds,
+        and the errors of the calls that failed, to show what a slow request does to other callers."""
+        call = self.http_rpc if over_http else self.rpc
+        latencies: list[float] = []
+        failures: list[str] = []
+        stop = asyncio.Event()
+
+        async def sign_loop() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    await call("eth_sign", account, "0x" + b"bench".hex())
+                except RpcFailure as exc:
+                    failures.append(f"{exc.code} {exc.message}")
+                latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.002)
+
+        task = asyncio.create_task(sign_loop())
+        try:
+            await during()
+        finally:
+            stop.set()
+            await task
+        return latencies, failures
 
     async def ipc_raw(self, payload: bytes, *, replies: int = 1, timeout: float = 30) -> list[Any]:
         """Write bytes on a new connection to the IPC socket; read `replies` JSON values back."""
