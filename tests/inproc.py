@@ -5,8 +5,9 @@ production code:
 
 - the enclave: `EnclaveService(SoftwareNsm(state))` behind `FrameServer` on a unix socket (`EnclaveHost`,
   which can also restart it: a new service, a new boot key, nothing unsealed, as after a crash);
-- the KMS emulator: `clave.dev.kmsemu.app.make_app` served by aiohttp on 127.0.0.1, a random port, and
-  reached by boto3 through `KmsSealing` (boto3 blocks; `KmsSealing` calls it in a thread);
+- the KMS emulator: `clave.dev.kmsemu.app.make_app` served by aiohttp over TLS (its dev CA) on 127.0.0.1, a
+  random port; the enclave reaches it over its own TLS session (`kms_send` runs on a worker thread), the
+  sidecar signs those requests and provisions the key with boto3;
 - the sidecar: `clave.sidecar.wiring.build_sidecar`, with the key provisioning `clave up` uses
   (`serve.local_key_provisioner`), its IPC server on a unix socket and its HTTP app behind aiohttp's
   `TestServer`/`TestClient`.
@@ -37,6 +38,8 @@ from cryptography import x509
 
 from clave.dev.kmsemu.app import make_app
 from clave.dev.kmsemu.auth import credentials_path
+from clave.dev.kmsemu.tls import ensure_tls, server_context
+from clave.enclave.kms_tls import dev_transport
 from clave.dev.soft_nsm import SoftwareNsm
 from clave.enclave import kdf_pool
 from clave.enclave.server import FrameServer
@@ -44,11 +47,11 @@ from clave.enclave.service import EnclaveService
 from clave.link.sockets import Address, parse_address, start_server
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.rpc.dispatch import CallContext, Dispatcher
-from clave.sidecar.serve import local_key_provisioner
+from clave.sidecar.serve import enclave_kms, local_key_provisioner
 from clave.sidecar.signing.signer import AttestationConfig, Signer
 from clave.sidecar.store.records import SqliteStore
 from clave.sidecar.trust.attestation import PcrPolicy, load_root
-from clave.sidecar.trust.kms import KmsSealing, make_kms_client
+from clave.sidecar.trust.kms import make_kms_client
 from clave.sidecar.wiring import Sidecar, build_sidecar
 from tests.stack import RpcFailure
 
@@ -67,9 +70,10 @@ def kdf_inline() -> Iterator[None]:
 class EnclaveHost:
     """The enclave service on a unix socket, restartable like a crashed enclave process."""
 
-    def __init__(self, address: Address, nsm_state: Path) -> None:
+    def __init__(self, address: Address, nsm_state: Path, kms_ca: Path) -> None:
         self.address = address
         self.nsm_state = nsm_state
+        self.kms_ca = kms_ca  # the emulator's dev CA: the only CA this enclave trusts for KMS
         self.service: EnclaveService | None = None
         self.nsm: SoftwareNsm | None = None
         self.starts = 0
@@ -78,7 +82,7 @@ class EnclaveHost:
 
     async def start(self) -> None:
         self.nsm = SoftwareNsm(self.nsm_state)
-        self.service = EnclaveService(self.nsm)
+        self.service = EnclaveService(self.nsm, kms_transport=dev_transport(self.kms_ca.read_bytes()))
         self._server = await start_server(self.address, self._connection)
         self.starts += 1
 
@@ -230,7 +234,8 @@ async def running_stack(
 
     with kdf_inline(), contextlib.ExitStack() as closing:
         closing.callback(lambda: (clave_log.removeHandler(handler), handler.close(), clave_log.setLevel(previous_level)))
-        enclave = EnclaveHost(parse_address(f"unix:{root / 'enclave.sock'}"), root / "nsm")
+        kms_ca = ensure_tls(root / "kms")
+        enclave = EnclaveHost(parse_address(f"unix:{root / 'enclave.sock'}"), root / "nsm", kms_ca)
         await enclave.start()
         assert enclave.nsm is not None
         root_pem = enclave.nsm.root_pem
@@ -240,8 +245,8 @@ async def running_stack(
         http: TestClient | None = None
         kms_client: Any = None
         try:
-            await web.TCPSite(kms_runner, "127.0.0.1", 0).start()
-            kms_endpoint = f"http://127.0.0.1:{kms_runner.addresses[0][1]}"
+            await web.TCPSite(kms_runner, "127.0.0.1", 0, ssl_context=server_context(root / "kms")).start()
+            kms_endpoint = f"https://127.0.0.1:{kms_runner.addresses[0][1]}"
             config = SidecarConfig(
                 datadir=datadir,
                 http_port=0,
@@ -249,16 +254,18 @@ async def running_stack(
                 chain_ids=list(chain_ids),
                 enclave=str(enclave.address),
                 kms_endpoint=kms_endpoint,
+                kms_ca=kms_ca,
                 **overrides,
             )
             kms_client = await asyncio.to_thread(
-                make_kms_client, config.kms_region, kms_endpoint, credentials_path(root / "kms")
+                make_kms_client, config.kms_region, kms_endpoint, credentials_path(root / "kms"), kms_ca
             )
             attestation = AttestationConfig(
                 root=load_root(root_pem), pcr_policy=PcrPolicy(expected=config.pcrs, allow_debug=True)
             )
             sidecar, app = build_sidecar(
-                config, KmsSealing(kms_client), attestation, provision_key=local_key_provisioner(kms_client)
+                config, enclave_kms(config, kms_endpoint, credentials_path(root / "kms")), attestation,
+                provision_key=local_key_provisioner(kms_client),
             )
             await sidecar.start()
             http = TestClient(TestServer(app))

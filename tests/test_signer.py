@@ -25,7 +25,8 @@ from clave.sidecar.signing.signer import (
 )
 from clave.sidecar.store.records import SqliteStore, StoredRecord
 from clave.sidecar.trust.attestation import AttestationError, PcrPolicy, load_root
-from clave.sidecar.trust.kms import KmsSealing
+from clave.dev.kmsemu.auth import credentials_path
+from clave.sidecar.serve import enclave_kms
 from tests.inproc import running_stack
 from tests.stack import RpcFailure
 
@@ -86,7 +87,7 @@ async def test_a_second_sidecar_on_the_same_datadir_unseals_the_same_accounts(tm
         # KMS key id and wrapped data key, bring-up against the enclave that already holds the master key.
         store = SqliteStore(stack.config.store_path)
         client = EnclaveClient(stack.enclave.address)
-        again = Signer(client, store, KmsSealing(stack.kms_client),
+        again = Signer(client, store, enclave_kms(stack.config, stack.kms_endpoint, credentials_path(stack.root / "kms")),
                        AttestationConfig(root=load_root(stack.root_pem), pcr_policy=PcrPolicy(allow_debug=True)),
                        kms_key_id=None)
         try:

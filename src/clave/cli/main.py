@@ -138,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config.kms_key_id = args.kms_key_id
     config.kms_region = args.kms_region
     config.kms_endpoint = args.kms_endpoint
+    config.kms_ca = Path(args.kms_ca) if args.kms_ca else None
+    config.kms_proxy = args.kms_proxy
     config.attestation_root = Path(args.attestation_root) if args.attestation_root else None
     config.attestation_root_fingerprint = args.attestation_root_fingerprint
     config.allow_debug_enclave = args.allow_debug_enclave
@@ -153,12 +155,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_enclave(args: argparse.Namespace) -> int:
     if args.nsm == "software":
-        if not args.nsm_state:
-            raise SystemExit("clave: --nsm software needs --nsm-state DIR")
+        if not args.nsm_state or not args.kms_ca:
+            raise SystemExit("clave: --nsm software needs --nsm-state DIR and --kms-ca FILE (the KMS emulator's dev CA)")
         from clave.dev.enclave import main as local_enclave_main
 
-        local_enclave_main(["--listen", args.listen, "--nsm-state", args.nsm_state])
+        local_enclave_main(["--listen", args.listen, "--nsm-state", args.nsm_state, "--kms-ca", args.kms_ca])
     else:
+        if args.kms_ca:
+            raise SystemExit("clave: --kms-ca is for --nsm software; the image trusts only Amazon's roots for KMS")
         from clave.enclave.runner import main as enclave_main
 
         enclave_main(["--listen", args.listen])
@@ -498,7 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--enclave", required=True, help="enclave address: vsock://CID:PORT or unix:PATH")
     serve.add_argument("--kms-key-id", default=None, help="KMS key id or ARN holding the master data key")
     serve.add_argument("--kms-region", default=os.environ.get("AWS_REGION", "us-east-1"))
-    serve.add_argument("--kms-endpoint", default=None, help="KMS endpoint URL (the local emulator in local mode)")
+    serve.add_argument("--kms-endpoint", default=None,
+                       help="https://HOST:PORT of the local KMS emulator (local mode only; unset: AWS KMS of --kms-region)")
+    serve.add_argument("--kms-ca", default=None, help="the KMS emulator's dev CA (its DATADIR/ca.pem), with --kms-endpoint")
+    serve.add_argument("--kms-proxy", default=None,
+                       help="where the enclave's TLS stream to KMS goes: default vsock://3:8000 (vsock-proxy on the "
+                            "parent, forwarding to kms.REGION.amazonaws.com:443), or the emulator's port")
     serve.add_argument("--attestation-root", default=None, help="PEM of the attestation root (AWS Nitro Root-G1)")
     serve.add_argument("--attestation-root-fingerprint", default=None,
                        help="required SHA-256 of the root's DER (Root-G1: 641a0321…bb5b)")
@@ -509,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--listen", required=True)
     enc.add_argument("--nsm", choices=("device", "software"), default="device")
     enc.add_argument("--nsm-state", default=None)
+    enc.add_argument("--kms-ca", default=None, help="--nsm software only: the KMS emulator's dev CA, the only CA it trusts")
     enc.set_defaults(func=cmd_enclave)
 
     kmse = sub.add_parser("kms-emulator", help="run the local KMS emulator")

@@ -11,7 +11,9 @@ nothing about the key, and the same key always gives the same commitment (boot a
 
 `user_data` is the CBOR map `{"v": 1, "master": <32 bytes>}`, or absent while no key is loaded; once the
 enclave holds an operator admin set (export authorization), the map also has `"admins": <32 bytes>`, the
-`admin_set_hash` of it.
+`admin_set_hash` of it. `"kms"` is the ARN of the KMS key that released the master key: the enclave reads
+it from KMS's answer inside its own TLS session (`enclave/kms.py`), so the parent cannot choose it; the
+sidecar pins it (store meta `kms_key_arn`) and `clave attest` shows it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from clave.core.errors import RequestError
 USER_DATA_VERSION = 1
 COMMITMENT_LABEL = b"clave/master-commitment/v1"
 COMMITMENT_SIZE = 32
-MAX_USER_DATA = 512  # the NSM spec's limit for user_data (hardware accepts 1024); ours is ~50 bytes
+MAX_USER_DATA = 512  # the NSM spec's limit for user_data (hardware accepts 1024); ours is under 200 bytes
 
 
 class ProvenanceError(RequestError):
@@ -53,9 +55,12 @@ def export_message(address: bytes, challenge: bytes) -> bytes:
     return f"clave: authorize export of 0x{address.hex()} (challenge 0x{challenge.hex()})".encode()
 
 
-def encode_user_data(master: bytes | None, admins: bytes | None = None) -> bytes | None:
-    """The `user_data` an enclave holding a key with commitment `master` (and an admin set with hash
-    `admins`) attests to (None: no key yet)."""
+MAX_ARN = 2048
+
+
+def encode_user_data(master: bytes | None, admins: bytes | None = None, *, kms: str | None = None) -> bytes | None:
+    """The `user_data` an enclave holding a key with commitment `master` (released by the KMS key `kms`,
+    and an admin set with hash `admins`) attests to (None: no key yet)."""
     if master is None:
         return None
     if len(master) != COMMITMENT_SIZE:
@@ -63,7 +68,18 @@ def encode_user_data(master: bytes | None, admins: bytes | None = None) -> bytes
     value: dict[str, Any] = {"v": USER_DATA_VERSION, "master": master}
     if admins is not None:
         value["admins"] = admins
+    if kms is not None:
+        value["kms"] = kms
     return cbor2.dumps(value)
+
+
+def decode_kms(user_data: bytes | None) -> str | None:
+    """The ARN of the KMS key the enclave's master key came from, or None (no key, or none attested)."""
+    value = _decode(user_data)
+    kms = None if value is None else value.get("kms")
+    if kms is not None and (not isinstance(kms, str) or not 0 < len(kms) <= MAX_ARN):
+        raise ProvenanceError("attestation user_data: kms must be a key ARN")
+    return kms
 
 
 def decode_admins(user_data: bytes | None) -> bytes | None:

@@ -1,7 +1,9 @@
 """`clave up`: the whole stack on one machine, with the production sidecar code.
 
 Children: the enclave service (a local process with the software NSM, reached over a unix socket) and the
-KMS emulator (reached by boto3 through endpoint_url). The enclave is supervised like the Nitro watchdog
+KMS emulator. The enclave reaches the emulator over its own TLS session (trusting only the emulator's dev
+CA, DATADIR/kms/ca.pem, made here before either starts); the sidecar signs those requests and makes its
+own management calls with boto3 through endpoint_url. The enclave is supervised like the Nitro watchdog
 does it: when it dies it is started again, and the sidecar attests and unseals again. The emulator is
 supervised too: it keeps its port across restarts (recorded in DATADIR/kms/endpoint.json), so the
 sidecar's endpoint stays valid, and it serves only requests SigV4-signed with the credentials in
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from clave.dev.kmsemu.auth import credentials_path
+from clave.dev.kmsemu.tls import ensure_tls
 from clave.link import aio
 from clave.link.process import child_env
 from clave.sidecar.config import SidecarConfig
@@ -165,13 +168,15 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
     logs = datadir / "logs"
     nsm_state = datadir / "nsm"
     config.enclave = f"unix:{datadir / 'enclave.sock'}"
+    kms_dir = datadir / "kms"
+    config.kms_ca = ensure_tls(kms_dir)  # before the enclave starts: it reads the dev CA once, at start
     enclave = Child(
         "enclave",
-        [sys.executable, "-m", "clave.dev.enclave", "--listen", config.enclave, "--nsm-state", str(nsm_state)],
+        [sys.executable, "-m", "clave.dev.enclave", "--listen", config.enclave, "--nsm-state", str(nsm_state),
+         "--kms-ca", str(config.kms_ca)],
         re.compile(r"enclave listening"),
         logs / "enclave.log",
     )
-    kms_dir = datadir / "kms"
     kms = Child(
         "kms-emulator",
         [sys.executable, "-m", "clave.dev.kmsemu", "--datadir", str(kms_dir), "--host", "127.0.0.1", "--port", "0",

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from clave.enclave import kdf_pool
+from clave.enclave.kms_tls import KmsTransport, aws_transport
 from clave.enclave.nitro.nsm import Nsm
 from clave.enclave.server import FrameServer
 from clave.enclave.service import EnclaveService
@@ -25,9 +26,9 @@ def harden() -> None:
     die_with_parent()
 
 
-async def serve(listen: str, nsm: Nsm) -> None:
+async def serve(listen: str, nsm: Nsm, kms_transport: KmsTransport) -> None:
     harden()  # again, for callers that did not start at main(): it is idempotent
-    service = EnclaveService(nsm)
+    service = EnclaveService(nsm, kms_transport=kms_transport)
     server = await start_server(parse_address(listen), FrameServer(service).handle_connection)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -52,4 +53,4 @@ def main(argv: list[str] | None = None) -> None:
     from clave.enclave.nitro.nsm import DeviceNsm
 
     setup_logging()
-    aio.run(serve(args.listen, DeviceNsm()))
+    aio.run(serve(args.listen, DeviceNsm(), aws_transport()))

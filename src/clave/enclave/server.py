@@ -18,7 +18,7 @@ from clave.link import frames as protocol
 log = logging.getLogger("clave.enclave")
 
 # Run off the frame loop (scrypt, bulk sealing, RSA, NSM), so signatures keep flowing meanwhile.
-SLOW_METHODS = frozenset({"import_keyfile", "export_keyfile", "generate", "unseal", "load_master_key", "attest",
+SLOW_METHODS = frozenset({"import_keyfile", "export_keyfile", "generate", "unseal", "kms_prepare", "kms_send", "attest",
                           "validator_new", "validator_keyfile"})
 MAX_IN_FLIGHT = 4096  # per connection; beyond this the reader stops reading (TCP-style backpressure)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,16 +16,18 @@ from typing import Any
 from clave import __version__
 from clave.core.errors import InvalidParams, MethodNotFound, RequestError
 from clave.core.eth import clique, messages, transactions, typed_data
-from clave.enclave import kdf_pool
+from clave.enclave import kdf_pool, kms
 from clave.enclave.admins import parse_admins, seal_admins, unseal_admins
 from clave.enclave.keyfile import decrypt_keyfile, encrypt_keyfile
 from clave.enclave.keys import KeyTable, LoadedKey, generate_secrets
+from clave.enclave.kms_tls import KmsTransport
 from clave.enclave.nitro import nsm as nsm_api
 from clave.enclave.nitro.cms import open_enveloped_data
 from clave.enclave.opera_keys import validator_handlers
 from clave.enclave.sealing import RecordMeta, seal, unseal
 from clave.enclave.signing import Signature, sign_preimage
 from clave.enclave.state import EnclaveState
+from clave.link.sockets import parse_address
 
 MAX_GENERATE = 10_000  # per call: a reply of sealed records must stay well under the 4 MiB frame limit
 Handler = Callable[[dict[str, Any]], Any]
@@ -46,13 +49,17 @@ def _str(params: dict[str, Any], name: str) -> str:
 
 
 class EnclaveService:
-    def __init__(self, nsm: Any, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, nsm: Any, *, kms_transport: KmsTransport | None = None, clock: Callable[[], float] = time.time) -> None:
         self.state = EnclaveState(nsm, clock)
         self._keys = KeyTable()
+        self._kms = kms_transport  # None: this enclave cannot reach KMS, so it never holds a master key
+        self._kms_call: tuple[kms.PreparedCall, str] | None = None  # the one prepared KMS request, and its key id
+        self._kms_lock = threading.Lock()  # these handlers run on worker threads: one KMS exchange at a time
         self.handlers: dict[str, Handler] = {
             "hello": self.hello,
             "attest": self.attest,
-            "load_master_key": self.load_master_key,
+            "kms_prepare": self.kms_prepare,
+            "kms_send": self.kms_send,
             "unseal": self.unseal,
             "generate": self.generate,
             "import_keyfile": self.import_keyfile,
@@ -88,14 +95,56 @@ class EnclaveService:
         )
         return {"document": document}
 
-    def load_master_key(self, params: dict[str, Any]) -> dict[str, Any]:
-        envelope = _bytes(params, "ciphertext_for_recipient")
-        self.state.check_master_free()  # before opening anything: one key per boot, whatever it holds
-        # expected_size keeps the parent from using us as a padding oracle on edited envelopes.
-        data_key = open_enveloped_data(envelope, self.state.boot_key, expected_size=32)
-        self.state.set_master(data_key)
+    # -- the master key, from KMS over this enclave's own TLS session (enclave/kms.py) ---------------
+
+    def _transport(self) -> KmsTransport:
+        if self._kms is None:
+            raise RequestError("this enclave was started without a KMS transport; it cannot load a master key")
+        return self._kms
+
+    def kms_prepare(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Write the KMS request (GenerateDataKey or Decrypt, with this boot's attestation as Recipient) for
+        the parent to sign. A new one replaces the previous; only the latest can be sent."""
+        self.state.check_master_free()
+        endpoint = _str(params, "endpoint")
+        self._transport().check_endpoint(endpoint)
+        document = nsm_api.attestation(self.state.nsm, user_data=None, nonce=None, public_key=self.state.boot_public)
+        call = kms.prepare(
+            self.state.random(16), _str(params, "operation"), params.get("key_id"),
+            params.get("ciphertext_blob"), document, endpoint,
+        )
+        with self._kms_lock:
+            self._kms_call = (call, params["key_id"])
+        return {"call_id": call.call_id, "endpoint": call.endpoint, "headers": call.headers(), "body": call.body}
+
+    def kms_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Send the prepared request with the parent's SigV4 headers through `proxy`, and take the master key
+        from KMS's answer. The call is used up whatever happens, so each answer is read once."""
+        with self._kms_lock:
+            return self._kms_send(params)
+
+    def _kms_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.state.check_master_free()
+        pending, self._kms_call = self._kms_call, None
+        if pending is None or params.get("call_id") != pending[0].call_id:
+            raise RequestError("call_id: no such prepared KMS request (prepare it again)")
+        call, key_id = pending
+        try:
+            proxy = parse_address(_str(params, "proxy"))
+        except ValueError as exc:
+            raise InvalidParams(f"proxy: {exc}") from None
+        status, body = self._transport().exchange(proxy, call, call.request_headers(params.get("auth")))
+        answer = kms.read_answer(call, key_id, status, body)
+        if isinstance(answer, kms.KmsRefusal):
+            return {"refused": {"code": answer.code, "message": answer.message}}
+        # expected_size keeps anyone from using us as a padding oracle on edited envelopes.
+        data_key = open_enveloped_data(answer.for_recipient, self.state.boot_key, expected_size=32)
+        self.state.set_master(data_key, answer.key_arn)
         kdf_pool.warm()  # keyfile imports come once keys can be sealed
-        return {"ready": True}
+        result: dict[str, Any] = {"key_arn": answer.key_arn}
+        if answer.ciphertext_blob is not None:
+            result["ciphertext_blob"] = answer.ciphertext_blob
+        return result
 
     # -- records ---------------------------------------------------------------------------------
 

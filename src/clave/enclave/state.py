@@ -37,6 +37,7 @@ class EnclaveState:
         )
         self.master_key: bytes | None = None
         self.commitment: bytes | None = None  # master_commitment(master_key), attested in user_data
+        self.kms_key_arn: str | None = None  # the KMS key that released master_key (its answer's KeyId), attested
         self.admin_set = AdminSet()  # who may authorize exports; its hash is attested too
 
     @property
@@ -49,13 +50,14 @@ class EnclaveState:
             raise NotReady("master key not loaded")
         return self.master_key
 
-    def set_master(self, key: bytes) -> None:
-        """Take this boot's master key: once. Whoever reaches the enclave first after a boot could
-        otherwise replace the key the sidecar loaded (or load one before it); with one key per boot, the
-        commitment attested in user_data names the only key this boot will ever seal under."""
+    def set_master(self, key: bytes, kms_key_arn: str) -> None:
+        """Take this boot's master key, as KMS released it over this enclave's own TLS session: once. With
+        one key per boot, the commitment attested in user_data names the only key this boot will ever seal
+        under, and the ARN beside it the KMS key (and AWS account) it came from."""
         self.check_master_free()
         self.master_key = key
         self.commitment = master_commitment(key)
+        self.kms_key_arn = kms_key_arn
 
     def check_master_free(self) -> None:
         """RequestError once this boot has its master key."""
@@ -67,7 +69,7 @@ class EnclaveState:
 
     def user_data(self) -> bytes | None:
         """What attestation documents carry in user_data: the master-key commitment, once a key is loaded."""
-        return encode_user_data(self.commitment, self.admin_set.hash)
+        return encode_user_data(self.commitment, self.admin_set.hash, kms=self.kms_key_arn)
 
     def random(self, count: int) -> bytes:
         """`count` bytes from the NSM's random source."""

@@ -23,7 +23,9 @@ class SidecarConfig:
     cors_domains: tuple[str, ...] = ()
     auth_token_file: Path | None = None
     enclave: str = ""  # vsock://CID:PORT or unix:PATH
-    kms_endpoint: str | None = None
+    kms_endpoint: str | None = None  # the local emulator (https); unset: AWS KMS of kms_region
+    kms_ca: Path | None = None  # the emulator's dev CA, for the sidecar's own KMS client
+    kms_proxy: str | None = None  # where the enclave's KMS TLS stream goes (default: vsock://3:8000, or the emulator)
     kms_region: str = "us-east-1"
     kms_key_id: str | None = None
     attestation_root: Path | None = None

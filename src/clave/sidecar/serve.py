@@ -19,7 +19,8 @@ from clave.sidecar.config import SidecarConfig
 from clave.sidecar.signing.signer import AttestationConfig
 from clave.sidecar.transports.worker_pool import WorkerPool
 from clave.sidecar.trust.attestation import AttestationDocument, PcrPolicy, load_root
-from clave.sidecar.trust.kms import KmsSealing, key_policy, make_kms_client
+from clave.sidecar.trust.kms import call_kms, key_policy, make_kms_client, signing_credentials
+from clave.sidecar.trust.kms_relay import EnclaveKms, enclave_endpoint
 from clave.sidecar.wiring import Sidecar, build_sidecar
 
 log = logging.getLogger("clave.serve")
@@ -62,11 +63,7 @@ def local_key_provisioner(kms_client: object) -> Callable[[AttestationDocument],
         # First local start: a key whose policy admits only this enclave image (PCR0), as an operator
         # creates it in AWS with `clave kms-policy`.
         policy = key_policy(LOCAL_ROLE, {0: doc.pcrs[0].hex()}, None)
-        created = await asyncio.to_thread(
-            kms_client.create_key,  # type: ignore[attr-defined]
-            Policy=json.dumps(policy),
-            Description="clave local master key",
-        )
+        created = await call_kms(kms_client, "CreateKey", Policy=json.dumps(policy), Description="clave local master key")
         return str(created["KeyMetadata"]["KeyId"])
 
     return provision_key
@@ -75,7 +72,7 @@ def local_key_provisioner(kms_client: object) -> Callable[[AttestationDocument],
 def local_key_repinner(kms_client: object) -> Callable[[str, AttestationDocument], Awaitable[None]]:
     async def repin(key_id: str, doc: AttestationDocument) -> None:
         # What an operator does in AWS after building a new EIF: add the new PCR0 to the key policy.
-        current = await asyncio.to_thread(kms_client.get_key_policy, KeyId=key_id, PolicyName="default")  # type: ignore[attr-defined]
+        current = await call_kms(kms_client, "GetKeyPolicy", KeyId=key_id, PolicyName="default")
         policy = json.loads(current["Policy"])
         new = doc.pcrs[0].hex()
         for statement in policy.get("Statement", []):
@@ -84,9 +81,7 @@ def local_key_repinner(kms_client: object) -> Callable[[str, AttestationDocument
             if pinned is not None:
                 values = pinned if isinstance(pinned, list) else [pinned]
                 conditions["kms:RecipientAttestation:PCR0"] = [*values, new] if new not in values else values
-        await asyncio.to_thread(
-            kms_client.put_key_policy, KeyId=key_id, PolicyName="default", Policy=json.dumps(policy)  # type: ignore[attr-defined]
-        )
+        await call_kms(kms_client, "PutKeyPolicy", KeyId=key_id, PolicyName="default", Policy=json.dumps(policy))
 
     return repin
 
@@ -103,6 +98,14 @@ def ready_line(config: SidecarConfig, sidecar: Sidecar) -> str:
     )
 
 
+def enclave_kms(config: SidecarConfig, kms_endpoint: str | None, kms_credentials: Path | None = None) -> EnclaveKms:
+    """The enclave's KMS path: AWS (instance role, vsock-proxy) or, with an endpoint, the local emulator."""
+    endpoint, proxy = enclave_endpoint(config.kms_region, kms_endpoint)
+    return EnclaveKms(
+        signing_credentials(kms_endpoint, kms_credentials), config.kms_region, endpoint, config.kms_proxy or proxy
+    )
+
+
 async def run_sidecar(
     config: SidecarConfig,
     attestation: AttestationConfig,
@@ -114,10 +117,11 @@ async def run_sidecar(
     repin_locally: bool = False,
     on_built: Callable[[Sidecar], None] | None = None,
 ) -> int:
-    kms_client = make_kms_client(config.kms_region, kms_endpoint, kms_credentials)
+    kms_client = make_kms_client(config.kms_region, kms_endpoint, kms_credentials, config.kms_ca)
     provision = local_key_provisioner(kms_client) if provision_locally else None
     repin = local_key_repinner(kms_client) if repin_locally else None
-    sidecar, app = build_sidecar(config, KmsSealing(kms_client), attestation, provision_key=provision, repin_key=repin)
+    sealing = enclave_kms(config, kms_endpoint, kms_credentials)
+    sidecar, app = build_sidecar(config, sealing, attestation, provision_key=provision, repin_key=repin)
     if on_built is not None:
         on_built(sidecar)  # `clave up`: lets its child supervision report into /healthz
     pool: WorkerPool | None = None

@@ -21,6 +21,7 @@ from clave.sidecar.rpc.methods import build_methods
 from clave.sidecar.signing.enclave_client import EnclaveClient
 from clave.sidecar.signing.signer import AttestationConfig, FollowerSigner, SealingProvider, Signer
 from clave.sidecar.store.records import SqliteStore
+from clave.sidecar.trust.kms_relay import KmsLoad
 from clave.sidecar.transports.http import HttpConfig, make_http_app, start_runner
 from clave.sidecar.transports.ipc import IpcServer
 
@@ -36,11 +37,11 @@ class MeteredSealing:
         self.inner = inner
         self.metrics = metrics
 
-    async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]:
-        return await self._count("GenerateDataKey", self.inner.generate_data_key(key_id, attestation_doc))
+    async def generate_data_key(self, enclave: EnclaveClient, key_id: str) -> KmsLoad:
+        return await self._count("GenerateDataKey", self.inner.generate_data_key(enclave, key_id))
 
-    async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes:
-        return await self._count("Decrypt", self.inner.decrypt(key_id, ciphertext_blob, attestation_doc))
+    async def decrypt(self, enclave: EnclaveClient, key_id: str, ciphertext_blob: bytes) -> KmsLoad:
+        return await self._count("Decrypt", self.inner.decrypt(enclave, key_id, ciphertext_blob))
 
     async def _count(self, operation: str, call: Awaitable[Any]) -> Any:
         try:

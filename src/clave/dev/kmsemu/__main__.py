@@ -1,7 +1,8 @@
 """`python -m clave.dev.kmsemu --datadir D --host 127.0.0.1 --port P --root PEMFILE`
 
-Prints one line `kms-emulator listening http://HOST:PORT` once it accepts connections, then serves until
-SIGTERM or SIGINT and exits 0.
+Prints one line `kms-emulator listening https://HOST:PORT` once it accepts connections, then serves until
+SIGTERM or SIGINT and exits 0. It speaks TLS only, with a certificate under the dev CA in DATADIR/ca.pem
+(tls.py), which the local enclave and the sidecar trust.
 
 `--port 0` (the default) means: the port recorded in DATADIR/endpoint.json, or at the first start a free
 one, which is then recorded. So a restarted emulator comes back where its clients expect it. If that port
@@ -25,6 +26,7 @@ from aiohttp import web
 from cryptography import x509
 
 from clave.dev.kmsemu.app import DEFAULT_MAX_AGE_MS, make_app
+from clave.dev.kmsemu.tls import ensure_tls, server_context
 from clave.link.process import die_with_parent, forbid_core_dumps
 from clave.sidecar.secretfiles import write_private
 
@@ -80,6 +82,8 @@ def _candidate_ports(n: int = 40) -> list[int]:
 async def _serve(args: argparse.Namespace) -> None:
     root = x509.load_pem_x509_certificate(args.root.read_bytes())
     app = make_app(args.datadir, root, region=args.region, max_age_ms=args.max_age_ms)
+    ensure_tls(args.datadir)
+    tls = server_context(args.datadir)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     port, record = args.port, False
@@ -90,13 +94,13 @@ async def _serve(args: argparse.Namespace) -> None:
         if record:
             for candidate in _candidate_ports():
                 try:
-                    await web.TCPSite(runner, args.host, candidate).start()
+                    await web.TCPSite(runner, args.host, candidate, ssl_context=tls).start()
                     break
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE or candidate == 0:
                         raise
         else:
-            await web.TCPSite(runner, args.host, port).start()
+            await web.TCPSite(runner, args.host, port, ssl_context=tls).start()
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
@@ -117,7 +121,7 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         port = runner.addresses[0][1]  # the bound port: the real one when --port 0
-        print(f"kms-emulator listening http://{args.host}:{port}", flush=True)
+        print(f"kms-emulator listening https://{args.host}:{port}", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()

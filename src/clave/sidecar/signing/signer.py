@@ -21,7 +21,7 @@ import cbor2
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
-from clave.core.provenance import ProvenanceError, admin_set_hash, decode_admins, decode_user_data
+from clave.core.provenance import ProvenanceError, admin_set_hash, decode_admins, decode_kms, decode_user_data
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
 from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.signing.enclave_client import (
@@ -33,12 +33,14 @@ from clave.sidecar.signing.enclave_client import (
 )
 from clave.sidecar.store.records import CorruptRecord, KeyStore, StoredRecord
 from clave.sidecar.trust.attestation import AttestationDocument, PcrPolicy, verify_attestation
+from clave.sidecar.trust.kms_relay import KmsLoad
 
 log = logging.getLogger("clave.signer")
 
 META_KMS_KEY_ID = "kms_key_id"
 META_DATA_KEY = "kms_data_key"
 META_MASTER_COMMITMENT = "master_commitment"  # the store's master key, as the enclave attests to it
+META_KMS_KEY_ARN = "kms_key_arn"  # the KMS key (ARN, account included) that released it, as attested
 META_ADMIN_SET = "admin_set"  # the operator admin set, sealed by the enclave under the master key (CBOR)
 META_ADMIN_PENDING = "admin_pending"  # an admin set to make at the next enclave boot (CBOR list; b"" = none)
 UNSEAL_BATCH = 5000
@@ -65,10 +67,11 @@ class AdminSetMismatch(MasterKeyMismatch):
 
 
 class SealingProvider(Protocol):
-    """Where the master data key comes from (KMS with Recipient in production and locally)."""
+    """How the enclave gets its master data key: from KMS (with Recipient) over its own TLS session, the
+    sidecar signing the requests and relaying the bytes (trust/kms_relay.py)."""
 
-    async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]: ...
-    async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes: ...
+    async def generate_data_key(self, enclave: EnclaveClient, key_id: str) -> KmsLoad: ...
+    async def decrypt(self, enclave: EnclaveClient, key_id: str, ciphertext_blob: bytes) -> KmsLoad: ...
 
 
 @dataclass
@@ -205,13 +208,14 @@ class Signer:
             hello = await self.client.call("hello")
             self.status.enclave_reachable = True
             boot = hello["public_key"]
-            document, verified = await self._attest_boot(boot)
+            _, verified = await self._attest_boot(boot)
             if not hello["ready"]:
-                await self._load_master_key(document, verified)
+                await self._load_master_key(verified)
                 # One master key per boot: whatever this attests to is the only key this boot holds.
                 _, verified = await self._attest_boot(boot)
             records = await asyncio.to_thread(self.store.records)
             await self._verify_master(verified, boot, records)
+            await self._verify_kms_key(verified)
             await self._same_boot(boot)
             self.status.admins = await self._settle_admins(boot)
             self._boot_public = boot
@@ -329,7 +333,7 @@ class Signer:
         self.status.keys_loaded = 0
         self.status.keys_unsealed = False
 
-    async def _load_master_key(self, document: bytes, verified: AttestationDocument) -> None:
+    async def _load_master_key(self, verified: AttestationDocument) -> None:
         key_id = self.kms_key_id or _text(self.store.get_meta(META_KMS_KEY_ID))
         if key_id is None and self.provision_key is not None:
             key_id = await self.provision_key(verified)
@@ -344,24 +348,50 @@ class Signer:
                     "the store pins a master-key commitment but holds no wrapped data key",
                     remedy="restore keystore.sqlite from a backup: a new data key would never match the pin",
                 )
-            wrapped, for_recipient = await self.sealing.generate_data_key(key_id, document)
-            await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+            loaded = await self.sealing.generate_data_key(self.client, key_id)
             self._delivered_to = verified.public_key
-            # Stored only after the enclave accepted it, so a failed first start leaves nothing behind.
-            self.store.set_meta(META_DATA_KEY, wrapped)
+            if loaded.ciphertext_blob is None:
+                raise InfraError("KMS GenerateDataKey: the enclave returned no wrapped data key to store")
+            # Stored only after the enclave took the key, so a failed first start leaves nothing behind.
+            self.store.set_meta(META_DATA_KEY, loaded.ciphertext_blob)
             if self.admins:  # a new datadir: its admin set is made once the key is verified (bring-up)
                 self.store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(self.admins)))
         else:
             try:
-                for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
+                loaded = await self.sealing.decrypt(self.client, key_id, wrapped)
             except InfraError as exc:
                 if self.repin_key is None or getattr(exc, "kms_code", "") != "AccessDeniedException":
                     raise
                 log.warning("key policy refused this enclave build; re-pinning it as asked: %s", exc.message)
                 await self.repin_key(key_id, verified)
-                for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
-            await self.client.call("load_master_key", {"ciphertext_for_recipient": for_recipient}, timeout=SLOW_TIMEOUT)
+                loaded = await self.sealing.decrypt(self.client, key_id, wrapped)
             self._delivered_to = verified.public_key
+        log.info("the enclave loaded its master key from KMS key %s", loaded.key_arn)
+
+    async def _verify_kms_key(self, verified: AttestationDocument) -> None:
+        """The KMS key the enclave's master key came from (attested; the enclave read it from KMS's own
+        answer) must be `--kms-key-id` when that is an ARN, and the store's pin once there is one. Called
+        once the master key is verified as the store's (`_verify_master`), so an unpinned store pins what
+        it attests to. Without this, a parent holding credentials of another AWS account could have the
+        enclave's first master key come from a KMS key it controls, and so know it."""
+        try:
+            attested = decode_kms(verified.user_data)
+        except ProvenanceError as exc:
+            raise MasterKeyMismatch(f"KMS key: {exc.message}") from None
+        if attested is None:
+            raise MasterKeyMismatch("KMS key: the enclave attests to no KMS key for its master key")
+        pinned = _text(await asyncio.to_thread(self.store.get_meta, META_KMS_KEY_ARN))
+        configured = self.kms_key_id if (self.kms_key_id or "").startswith("arn:") else None
+        expected = pinned or configured or attested
+        if attested != expected:
+            self._accounts_gone()
+            raise MasterKeyMismatch(
+                f"KMS key mismatch: the enclave's master key was released by {attested}, the store's KMS key is "
+                f"{expected}; refusing to unseal, create or import"
+            )
+        if pinned is None:
+            await asyncio.to_thread(self.store.set_meta, META_KMS_KEY_ARN, attested.encode())
+            log.warning("pinned the store's KMS key %s", attested)
 
     async def _unseal(self, records: list[StoredRecord]) -> None:
         """Hand the stored records to the enclave. A record that cannot be decoded or unsealed is refused

@@ -1,9 +1,10 @@
-"""AWS KMS as clave uses it: data keys released only to an attested enclave (`Recipient`).
+"""AWS KMS as the sidecar uses it: credentials, the key policy, and its own management calls.
 
-`KmsSealing` is the sidecar's SealingProvider. Every call carries the enclave's attestation document
-as `Recipient`, so KMS answers with `CiphertextForRecipient` (CMS to the enclave's per-boot RSA key)
-and the data key never exists in plaintext outside the enclave. The same code talks to real KMS and
-to the local emulator (`clave.dev.kmsemu`); only `endpoint_url` differs.
+The data key itself is never asked for here: the enclave writes those requests and reads the answers
+over its own TLS session (`enclave/kms.py`); the sidecar signs them with these credentials and relays the
+bytes (`kms_relay.py`). The boto3 client made here serves the local key provisioning (CreateKey,
+PutKeyPolicy) against the emulator. The same code talks to real KMS and to the local emulator
+(`clave.dev.kmsemu`); only `endpoint_url` (and the emulator's CA) differ.
 
 Errors: KMS saying no (policy, bad ciphertext, bad attestation, missing key) is `KmsRefused`, with
 KMS's message and what to do; KMS or the network failing (throttling, 5xx, timeouts) is a plain
@@ -21,6 +22,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -31,8 +33,6 @@ from botocore.credentials import CredentialProvider, Credentials, DeferredRefres
 
 from clave.core.errors import InfraError
 
-RECIPIENT_ALGORITHM = "RSAES_OAEP_SHA_256"
-DATA_KEY_SPEC = "AES_256"
 ATTESTATION_PREFIX = "kms:RecipientAttestation:"
 
 # KMS answers that retrying cannot fix; everything else (throttling, 5xx, timeouts) is transient.
@@ -58,7 +58,7 @@ REFUSALS = frozenset(
     }
 )
 
-_REMEDIES = {
+REMEDIES = {
     "AccessDeniedException": (
         "KMS refused this enclave: the key policy's kms:RecipientAttestation conditions (PCR0/ImageSha384, "
         "PCR1, PCR2, PCR8 …) probably do not match the running enclave's measurements, or the instance role "
@@ -89,13 +89,16 @@ class KmsRefused(InfraError):
         self.kms_code = kms_code
 
 
-def make_kms_client(region: str, endpoint_url: str | None = None, credentials_file: Path | None = None) -> Any:
+def make_kms_client(
+    region: str, endpoint_url: str | None = None, credentials_file: Path | None = None, ca_file: Path | None = None
+) -> Any:
     """A boto3 KMS client. With `endpoint_url` (the local emulator) it signs with the emulator's credentials.
 
     The emulator refuses any request not SigV4-signed with the access key in its 0600 credentials file
     (`clave.dev.kmsemu.auth`); `credentials_file` (default: $CLAVE_KMS_CREDENTIALS) is that file. It is
     read when the first request is signed and again every few minutes, so the sidecar may start before
     the emulator has written it. A developer's own AWS credentials are never used against an emulator.
+    `ca_file` is the emulator's dev CA (it serves TLS only).
     """
     config = Config(
         retries={"max_attempts": 4, "mode": "standard"},  # standard mode retries throttling and 5xx
@@ -104,19 +107,37 @@ def make_kms_client(region: str, endpoint_url: str | None = None, credentials_fi
     )
     if endpoint_url is None:
         return boto3.client("kms", region_name=region, config=config)
-    if credentials_file is None and os.environ.get(CREDENTIALS_ENV):
-        credentials_file = Path(os.environ[CREDENTIALS_ENV])
+    credentials_file = _emulator_credentials_file(credentials_file)
     session = botocore.session.Session()
     provider = _EmulatorCredentialProvider(credentials_file)
     session.get_component("credential_provider").insert_before("env", provider)
     client = boto3.Session(botocore_session=session).client(
-        "kms", region_name=region, endpoint_url=endpoint_url, config=config
+        "kms", region_name=region, endpoint_url=endpoint_url, config=config,
+        verify=str(ca_file) if ca_file is not None else None,
     )
     if credentials_file is not None:
         check = _ProofCheck(endpoint_url, provider.load())
         client.meta.events.register("before-send.kms", check.sent)
         client.meta.events.register("before-parse.kms", check.answered)
     return client
+
+
+def signing_credentials(endpoint_url: str | None, credentials_file: Path | None = None) -> Callable[[], Any]:
+    """What signs the enclave's KMS requests: the instance role (boto3's default chain) against AWS, the
+    emulator's credentials file against the emulator. Returns a function giving frozen credentials."""
+    if endpoint_url is None:
+        credentials = boto3.Session().get_credentials()
+        if credentials is None:
+            raise InfraError("KMS: no AWS credentials", remedy="attach an instance role to the parent instance")
+    else:
+        credentials = _EmulatorCredentialProvider(_emulator_credentials_file(credentials_file)).load()
+    return credentials.get_frozen_credentials  # type: ignore[no-any-return]
+
+
+def _emulator_credentials_file(path: Path | None) -> Path | None:
+    if path is None and os.environ.get(CREDENTIALS_ENV):
+        return Path(os.environ[CREDENTIALS_ENV])
+    return path
 
 
 CREDENTIALS_ENV = "CLAVE_KMS_CREDENTIALS"
@@ -195,13 +216,23 @@ class _EmulatorCredentialProvider(CredentialProvider):  # type: ignore[misc]
         return DeferredRefreshableCredentials(refresh_using=refresh, method=self.METHOD)
 
 
+async def call_kms(client: Any, op: str, **params: Any) -> dict[str, Any]:
+    """Call KMS operation `op` (its API name, e.g. "CreateKey") with boto3 in a worker thread, so the loop never
+    blocks; errors become KmsRefused (KMS said no) or InfraError (transient)."""
+    method = getattr(client, re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower())
+    try:
+        return await asyncio.to_thread(method, **params)  # type: ignore[no-any-return]
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise _map_error(op, exc) from None
+
+
 def _map_error(op: str, exc: Exception) -> InfraError:
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", "Unknown"))
         message = str(err.get("Message", ""))
         if code in REFUSALS:
-            return KmsRefused(code, f"KMS {op} refused: {code}: {message}", _REMEDIES.get(code, ""))
+            return KmsRefused(code, f"KMS {op} refused: {code}: {message}", REMEDIES.get(code, ""))
         return InfraError(f"KMS {op} failed: {code}: {message}", remedy="transient KMS error; it is retried")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return InfraError(
@@ -217,61 +248,6 @@ def _map_error(op: str, exc: Exception) -> InfraError:
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return KmsRefused("ParamValidationError", f"KMS {op}: invalid request: {exc}")
     return InfraError(f"KMS {op} unreachable: {exc}", remedy="check network access to the KMS endpoint")
-
-
-class KmsSealing:
-    """Data keys for the enclave, with attestation; boto3 runs in a thread so the loop never blocks."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    async def _call(self, op: str, **params: Any) -> dict[str, Any]:
-        """Call KMS operation `op` (its API name, e.g. "GenerateDataKey") in a worker thread."""
-        method = getattr(self._client, re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower())
-        try:
-            return await asyncio.to_thread(method, **params)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise _map_error(op, exc) from None
-
-    @staticmethod
-    def _recipient(attestation_doc: bytes) -> dict[str, Any]:
-        return {"KeyEncryptionAlgorithm": RECIPIENT_ALGORITHM, "AttestationDocument": attestation_doc}
-
-    @staticmethod
-    def _for_recipient(op: str, resp: dict[str, Any]) -> bytes:
-        if "Plaintext" in resp and resp["Plaintext"]:
-            # Something between us and KMS dropped Recipient: the key is now exposed here. Refuse it.
-            raise KmsRefused(
-                "PlaintextReturned", f"KMS {op} returned Plaintext despite Recipient; refusing it"
-            )
-        blob = resp.get("CiphertextForRecipient")
-        if not isinstance(blob, bytes) or not blob:
-            raise InfraError(f"KMS {op} answered without CiphertextForRecipient", remedy=_NOT_KMS)
-        return blob
-
-    async def generate_data_key(self, key_id: str, attestation_doc: bytes) -> tuple[bytes, bytes]:
-        """A fresh AES-256 data key: (CiphertextBlob to store, CiphertextForRecipient for the enclave)."""
-        resp = await self._call(
-            "GenerateDataKey",
-            KeyId=key_id,
-            KeySpec=DATA_KEY_SPEC,
-            Recipient=self._recipient(attestation_doc),
-        )
-        for_recipient = self._for_recipient("GenerateDataKey", resp)
-        wrapped = resp.get("CiphertextBlob")
-        if not isinstance(wrapped, bytes) or not wrapped:
-            raise InfraError("KMS GenerateDataKey answered without CiphertextBlob", remedy=_NOT_KMS)
-        return wrapped, for_recipient
-
-    async def decrypt(self, key_id: str, ciphertext_blob: bytes, attestation_doc: bytes) -> bytes:
-        """Re-open the stored data key for the enclave: returns CiphertextForRecipient."""
-        resp = await self._call(
-            "Decrypt",
-            KeyId=key_id,
-            CiphertextBlob=ciphertext_blob,
-            Recipient=self._recipient(attestation_doc),
-        )
-        return self._for_recipient("Decrypt", resp)
 
 
 # --- key policy -----------------------------------------------------------------------------------
