@@ -14,3 +14,7 @@ from tests.stack import ClaveProcess
 def new_account(clave: ClaveProcess) -> str:
     with IpcClient(clave.ipc, timeout=60) as client:
         return str(client.call("account_new"))
+
+# A KMS key ARN of the shape KMS answers with, for unit tests that give an EnclaveService its master key
+# directly (as `kms_send` does with KMS's answer) instead of running the KMS exchange.
+TEST_KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000001"

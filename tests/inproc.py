@@ -39,9 +39,9 @@ from cryptography import x509
 from clave.dev.kmsemu.app import make_app
 from clave.dev.kmsemu.auth import credentials_path
 from clave.dev.kmsemu.tls import ensure_tls, server_context
-from clave.enclave.kms_tls import dev_transport
 from clave.dev.soft_nsm import SoftwareNsm
 from clave.enclave import kdf_pool
+from clave.enclave.kms_tls import dev_transport
 from clave.enclave.server import FrameServer
 from clave.enclave.service import EnclaveService
 from clave.link.sockets import Address, parse_address, start_server

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clave.dev.kmsemu.cms_build import build_enveloped_data
 from clave.dev.soft_nsm import SoftwareNsm
 from clave.enclave.server import FrameServer
 from clave.enclave.service import EnclaveService
 from clave.link import frames as protocol
 from clave.link.sockets import parse_address, start_server
 from clave.sidecar.signing.enclave_client import EnclaveClient, EnclaveUnavailable
+from tests.accounts import TEST_KEY_ARN
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,8 @@ def test_parse_addresses() -> None:
     assert str(parse_address("vsock://16:5000")) == "vsock://16:5000"
     assert parse_address("vsock://-1:5000").cid == 0xFFFFFFFF
     assert parse_address("unix:/run/x.sock").path == "/run/x.sock"
-    for bad in ("tcp://1.2.3.4:5", "vsock://3", "unix:", "5000"):
+    assert str(parse_address("tcp://127.0.0.1:8443")) == "tcp://127.0.0.1:8443"  # the enclave's KMS proxy only
+    for bad in ("tcp://1.2.3.4", "tcp://:5", "tcp://h:99999", "http://h:5", "vsock://3", "unix:", "5000"):
         with pytest.raises(ValueError):
             parse_address(bad)
 
@@ -81,10 +81,7 @@ async def test_unix_client_multiplexes_out_of_order(service: EnclaveService, tmp
     server = await start_server(address, FrameServer(service).handle_connection)
     client = EnclaveClient(address)
     try:
-        hello = await client.call("hello")
-        public = serialization.load_der_public_key(hello["public_key"])
-        envelope = build_enveloped_data(b"\x42" * 32, public)  # what KMS sends, built by the emulator's code
-        await client.call("load_master_key", {"ciphertext_for_recipient": envelope}, timeout=30)
+        service.state.set_master(b"\x42" * 32, TEST_KEY_ARN)  # as kms_send does with KMS's answer
         order: list[str] = []
 
         async def tracked(name: str, method: str, params: dict) -> object:

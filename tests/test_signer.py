@@ -15,6 +15,8 @@ from eth_account.messages import _hash_eip191_message, encode_defunct
 from eth_keys import keys
 
 from clave.core.errors import InfraError, UnknownAccount
+from clave.dev.kmsemu.auth import credentials_path
+from clave.sidecar.serve import enclave_kms
 from clave.sidecar.signing.enclave_client import EnclaveClient, EnclaveNotReady, EnclaveUnavailable
 from clave.sidecar.signing.signer import (
     META_DATA_KEY,
@@ -25,8 +27,6 @@ from clave.sidecar.signing.signer import (
 )
 from clave.sidecar.store.records import SqliteStore, StoredRecord
 from clave.sidecar.trust.attestation import AttestationError, PcrPolicy, load_root
-from clave.dev.kmsemu.auth import credentials_path
-from clave.sidecar.serve import enclave_kms
 from tests.inproc import running_stack
 from tests.stack import RpcFailure
 

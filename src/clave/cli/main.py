@@ -189,6 +189,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
         verified = _verify_document(document, args, nonce=nonce, at_ms=int(time.time() * 1000))
         result.update(verified=True, document=describe(verified))
         result.update(_master_commitment(verified, args))
+        result.update(_kms_key(verified, args))
     except Exception as exc:
         result.update(verified=False, error=str(exc))
     if args.out:
@@ -217,6 +218,32 @@ def _master_commitment(verified: Any, args: argparse.Namespace) -> dict[str, Any
         "master_commitment_pinned": pinned.hex() if pinned is not None else None,
         "master_commitment_matches": attested is not None and attested == pinned,
     }
+
+
+def _kms_key(verified: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The KMS key ARN the enclave's master key came from (it read it from KMS over its own TLS), the one the
+    store pins, and, with --kms-key, the operator's own expectation: a mismatch fails the verification."""
+    import sqlite3
+
+    from clave.core.provenance import decode_kms
+    from clave.sidecar.signing.signer import META_KMS_KEY_ARN
+
+    attested = decode_kms(verified.user_data)
+    store = Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite"
+    pinned = None
+    if store.exists():
+        try:
+            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT value FROM meta WHERE name = ?", (META_KMS_KEY_ARN,)).fetchone()
+            finally:
+                db.close()
+            pinned = bytes(row[0]).decode() if row is not None else None
+        except sqlite3.Error:
+            pinned = None
+    if args.kms_key and attested != args.kms_key:
+        raise ValueError(f"the enclave's master key comes from KMS key {attested}, not --kms-key {args.kms_key}")
+    return {"kms_key_arn": attested, "kms_key_arn_pinned": pinned}
 
 
 def _verify_document(document: bytes, args: argparse.Namespace, *, nonce: bytes | None, at_ms: int):  # type: ignore[no-untyped-def]
@@ -254,7 +281,12 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(json.dumps({"file": args.file, "verified": False, "error": str(exc)}, indent=2))
         return 1
-    print(json.dumps({"file": args.file, "verified": True, "document": describe(verified)}, indent=2, default=str))
+    try:
+        kms = _kms_key(verified, args)
+    except ValueError as exc:
+        print(json.dumps({"file": args.file, "verified": False, "error": str(exc)}, indent=2))
+        return 1
+    print(json.dumps({"file": args.file, "verified": True, "document": describe(verified), **kms}, indent=2, default=str))
     return 0
 
 
@@ -536,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
     att.add_argument("--allow-debug", action="store_true")
     att.add_argument("--out", default=None, help="also save the document here")
+    att.add_argument("--kms-key", default=None, metavar="ARN", help="the KMS key ARN (account included) the enclave's master key must come from; checked against the attestation")
     att.set_defaults(func=cmd_attest, attest_command=None)
     att_sub = att.add_subparsers(dest="attest_command")
     ver = att_sub.add_parser("verify", help="verify a saved attestation document")
@@ -546,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
     ver.add_argument("--allow-debug", action="store_true")
     ver.add_argument("--datadir", default=str(DEFAULT_DATADIR))
+    ver.add_argument("--kms-key", default=None, metavar="ARN", help="the KMS key ARN (account included) the enclave's master key must come from; checked against the attestation")
     ver.set_defaults(func=cmd_attest)
 
     pol = sub.add_parser("kms-policy", help="print the KMS key policy that admits only this enclave image")

@@ -21,9 +21,9 @@ from clave.sidecar.rpc.methods import build_methods
 from clave.sidecar.signing.enclave_client import EnclaveClient
 from clave.sidecar.signing.signer import AttestationConfig, FollowerSigner, SealingProvider, Signer
 from clave.sidecar.store.records import SqliteStore
-from clave.sidecar.trust.kms_relay import KmsLoad
 from clave.sidecar.transports.http import HttpConfig, make_http_app, start_runner
 from clave.sidecar.transports.ipc import IpcServer
+from clave.sidecar.trust.kms_relay import KmsLoad
 
 log = logging.getLogger("clave.sidecar")
 REFUSED_SHOWN = 100  # refused records listed by /healthz; `unseal_failures` counts them all

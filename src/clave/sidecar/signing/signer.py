@@ -214,8 +214,12 @@ class Signer:
                 # One master key per boot: whatever this attests to is the only key this boot holds.
                 _, verified = await self._attest_boot(boot)
             records = await asyncio.to_thread(self.store.records)
+            kms_key = await self._verify_kms_key(verified)  # before anything is pinned or unsealed
             await self._verify_master(verified, boot, records)
-            await self._verify_kms_key(verified)
+            if await asyncio.to_thread(self.store.get_meta, META_KMS_KEY_ARN) is None:
+                # The master key is the store's (verified above), so the key that released it is the store's.
+                await asyncio.to_thread(self.store.set_meta, META_KMS_KEY_ARN, kms_key.encode())
+                log.warning("pinned the store's KMS key %s", kms_key)
             await self._same_boot(boot)
             self.status.admins = await self._settle_admins(boot)
             self._boot_public = boot
@@ -368,12 +372,11 @@ class Signer:
             self._delivered_to = verified.public_key
         log.info("the enclave loaded its master key from KMS key %s", loaded.key_arn)
 
-    async def _verify_kms_key(self, verified: AttestationDocument) -> None:
+    async def _verify_kms_key(self, verified: AttestationDocument) -> str:
         """The KMS key the enclave's master key came from (attested; the enclave read it from KMS's own
-        answer) must be `--kms-key-id` when that is an ARN, and the store's pin once there is one. Called
-        once the master key is verified as the store's (`_verify_master`), so an unpinned store pins what
-        it attests to. Without this, a parent holding credentials of another AWS account could have the
-        enclave's first master key come from a KMS key it controls, and so know it."""
+        answer) must be `--kms-key-id` when that is an ARN, and the store's pin once there is one. Without
+        this, a parent holding credentials of another AWS account could have the enclave's first master key
+        come from a KMS key it controls, and so know it. Returns the attested ARN."""
         try:
             attested = decode_kms(verified.user_data)
         except ProvenanceError as exc:
@@ -389,9 +392,7 @@ class Signer:
                 f"KMS key mismatch: the enclave's master key was released by {attested}, the store's KMS key is "
                 f"{expected}; refusing to unseal, create or import"
             )
-        if pinned is None:
-            await asyncio.to_thread(self.store.set_meta, META_KMS_KEY_ARN, attested.encode())
-            log.warning("pinned the store's KMS key %s", attested)
+        return attested
 
     async def _unseal(self, records: list[StoredRecord]) -> None:
         """Hand the stored records to the enclave. A record that cannot be decoded or unsealed is refused

@@ -21,8 +21,8 @@ import json
 import os
 import re
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
