@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -48,14 +49,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def post_json(url: str, payload: Any, *, headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+def post_json(
+    url: str, payload: Any, *, headers: dict[str, str] | None = None, timeout: float = 30, context: ssl.SSLContext | None = None
+) -> tuple[int, Any]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=body, method="POST")
     request.add_header("Content-Type", "application/json")
     for k, v in (headers or {}).items():
         request.add_header(k, v)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             raw = response.read()
             return response.status, (json.loads(raw) if raw else None)
     except urllib.error.HTTPError as exc:

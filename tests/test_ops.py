@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -319,8 +320,9 @@ def test_check_mode_on_fresh_hosts_writes_nothing(converged: Converged, ops_proj
 def test_rendered_units_pass_systemd_analyze_verify(converged: Converged) -> None:
     analyze = systemd_analyze()
     expected = {
-        "geth1": ["clave-enclave.service", "clave.service"],
-        "opera1": ["clave-enclave.service", "clave-validator-password.service", "clave.service"],
+        "geth1": ["clave-enclave.service", "clave-kms-proxy.service", "clave.service"],
+        "opera1": ["clave-enclave.service", "clave-kms-proxy.service", "clave-validator-password.service",
+                   "clave.service"],
         "sonic1": ["clave-enclave-local.service", "clave-kms-local.service", "clave-validator-password.service",
                    "clave.service"],
     }
@@ -339,6 +341,10 @@ def test_rendered_units_pass_systemd_analyze_verify(converged: Converged) -> Non
             f"[Unit]\nDescription=stub {kind}\n[Service]\nExecStart=/usr/local/bin/{NODE_BINARY[kind]}\n")
         (vendor / "nitro-enclaves-allocator.service").write_text(
             "[Unit]\nDescription=stub allocator\n[Service]\nType=oneshot\nExecStart=/usr/bin/true\n")
+        proxy = root / "usr/bin/vsock-proxy"  # from aws-nitro-enclaves-cli too
+        proxy.parent.mkdir(parents=True, exist_ok=True)
+        proxy.write_text("#!/bin/sh\nexit 0\n")
+        proxy.chmod(0o755)
         units = [*expected[host], f"{kind}.service"]  # the node's unit carries clave's drop-in
         done = subprocess.run([analyze, "verify", f"--root={root}", *units], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), f"{host}: {done.stdout}{done.stderr}"
@@ -542,6 +548,8 @@ def test_local_mode_units_run_as_rendered(converged: Converged, tmp_path: Path) 
             env[key] = re.sub(r"%.", lambda m: specifiers.get(m.group(0), m.group(0)), value)
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        pre = command_line(units / "clave-enclave-local.service", "ExecStartPre", specifiers)
+        subprocess.run([str(root / pre[0].lstrip("/")), *pre[1:]], env=env, check=True, capture_output=True, timeout=60)
         procs.append(_start(argv("clave-enclave-local.service"), env, tmp_path / "enclave.log"))
         _wait(lambda: (runtime / "clave-enclave/enclave.sock").exists(), 30, "the enclave socket")
         procs.append(_start(argv("clave-kms-local.service"), env, tmp_path / "kms.log"))
@@ -560,8 +568,9 @@ def test_local_mode_units_run_as_rendered(converged: Converged, tmp_path: Path) 
         assert oct((state / "clave-kms/credentials.json").stat().st_mode & 0o777) == "0o600"
         kms_port = converged.inventory["all"]["children"]["clave"]["children"]["clave_validators"]["hosts"][
             "sonic1"]["clave_kms_emulator_port"]
-        status, reply = post_json(f"http://127.0.0.1:{kms_port}/", {"KeyId": "alias/x"},
-                                  headers={"X-Amz-Target": "TrentService.Decrypt"})
+        tls = ssl.create_default_context(cafile=str(state / "clave-kms/ca.pem"))  # TLS only, under its dev CA
+        status, reply = post_json(f"https://127.0.0.1:{kms_port}/", {"KeyId": "alias/x"},
+                                  headers={"X-Amz-Target": "TrentService.Decrypt"}, context=tls)
         assert (status, reply["__type"]) == (400, "MissingAuthenticationTokenException")
 
         notify.messages.clear()

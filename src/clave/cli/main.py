@@ -170,6 +170,13 @@ def cmd_enclave(args: argparse.Namespace) -> int:
 
 
 def cmd_kms_emulator(args: argparse.Namespace) -> int:
+    if args.make_tls:  # the local enclave unit's ExecStartPre: the dev CA it trusts, before the emulator runs
+        from clave.dev.kmsemu.tls import ensure_tls
+
+        print(ensure_tls(Path(args.datadir)))
+        return 0
+    if not args.root:
+        raise SystemExit("clave: kms-emulator needs --root PEM (the software NSM's root.pem)")
     from clave.dev.kmsemu.__main__ import main as kms_main
 
     kms_main(["--datadir", args.datadir, "--host", args.host, "--port", str(args.port), "--root", args.root])
@@ -557,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     kmse.add_argument("--datadir", required=True)
     kmse.add_argument("--host", default="127.0.0.1")
     kmse.add_argument("--port", type=int, default=0)
-    kmse.add_argument("--root", required=True, help="attestation root PEM (the software NSM's root.pem)")
+    kmse.add_argument("--root", default=None, help="attestation root PEM (the software NSM's root.pem)")
+    kmse.add_argument("--make-tls", action="store_true",
+                      help="only make the emulator's dev CA and certificate in --datadir (once) and exit")
     kmse.set_defaults(func=cmd_kms_emulator)
 
     att = sub.add_parser("attest", help="fetch and verify the enclave's attestation document")
