@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from clave.dev.image import IMAGE_ROOMS, build_app_dir, image_files
+from clave.dev.kmsemu.tls import ensure_tls
 from clave.dev.soft_nsm import measure_code
 from clave.link.sockets import parse_address
 from clave.sidecar.signing.enclave_client import EnclaveClient
@@ -67,6 +68,8 @@ def test_pinned_requirements_run_the_image_alone(tmp_path: Path) -> None:
         [str(python), "-c",
          "import sys, importlib.util as u\n"
          "import clave.enclave.runner, clave.enclave.service\n"
+         "from clave.enclave.kms_tls import aws_transport\n"
+         "aws_transport().check_endpoint('kms.eu-west-1.amazonaws.com')  # Amazon's roots from the pinned certifi\n"
          "print(sorted(m for m in ('aiohttp', 'boto3', 'prometheus_client') if u.find_spec(m)))\n"
          "print(sorted(m for m in sys.modules if m.startswith(('clave.sidecar', 'clave.cli', 'clave.dev'))))\n"
          "print(sorted(r for r in ('clave.sidecar', 'clave.cli', 'clave.dev') if u.find_spec(r)))\n"],
@@ -89,7 +92,8 @@ def test_pinned_requirements_run_the_image_alone(tmp_path: Path) -> None:
         (app / "clave" / rel).write_bytes((ROOT / "src" / "clave" / rel).read_bytes())
     socket_path = tmp_path / "enclave.sock"
     proc = subprocess.Popen(
-        [str(python), "-m", "clave.dev.enclave", "--listen", f"unix:{socket_path}", "--nsm-state", str(tmp_path / "nsm")],
+        [str(python), "-m", "clave.dev.enclave", "--listen", f"unix:{socket_path}", "--nsm-state", str(tmp_path / "nsm"),
+         "--kms-ca", str(ensure_tls(tmp_path / "kms"))],
         cwd=app, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
