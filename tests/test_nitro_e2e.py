@@ -117,7 +117,8 @@ def _kms(endpoint: str, kms_dir: Path):  # type: ignore[no-untyped-def]
     """A client with the emulator's own credentials (it serves nothing else: dev/kmsemu/auth.py)."""
     creds = json.loads((kms_dir / "credentials.json").read_text())
     return boto3.client("kms", region_name="us-east-1", endpoint_url=endpoint, config=Config(retries={"max_attempts": 1}),
-                        aws_access_key_id=creds["aws_access_key_id"], aws_secret_access_key=creds["aws_secret_access_key"])
+                        aws_access_key_id=creds["aws_access_key_id"], aws_secret_access_key=creds["aws_secret_access_key"],
+                        verify=str(kms_dir / "ca.pem"))  # it serves TLS only, under its dev CA
 
 
 def _tampered(document: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
@@ -143,7 +144,7 @@ def test_emulator_refuses_replayed_swapped_and_edited_documents(clave: ClaveProc
     )
     try:
         assert "listening" in (emulator.stdout.readline() if emulator.stdout else "")
-        kms = _kms(f"http://127.0.0.1:{port}", kms_dir)
+        kms = _kms(f"https://127.0.0.1:{port}", kms_dir)
         key_id = _meta(clave.datadir, "kms_key_id").decode()
         blob = _meta(clave.datadir, "kms_data_key")
         recipient = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256"}

@@ -232,10 +232,13 @@ def _kms_key(verified: Any, args: argparse.Namespace) -> dict[str, Any]:
     store pins, and, with --kms-key, the operator's own expectation: a mismatch fails the verification."""
     import sqlite3
 
-    from clave.core.provenance import decode_kms
+    from clave.core.provenance import ProvenanceError, decode_kms
     from clave.sidecar.signing.signer import META_KMS_KEY_ARN
 
-    attested = decode_kms(verified.user_data)
+    try:
+        attested = decode_kms(verified.user_data)
+    except ProvenanceError:  # not a clave enclave's user_data (reported by _master_commitment for `attest`)
+        attested = None
     store = Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite"
     pinned = None
     if store.exists():
