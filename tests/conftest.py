@@ -185,7 +185,10 @@ def clave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClaveProcess]:
     admin = Admin(tmp_path_factory.mktemp("admin"))  # authorizes `account export` (README "Accounts")
     secrets_search.KNOWN_SECRETS.add(admin.key.hex())
     secrets_search.KNOWN_SECRETS.add(Admin.PASSWORD)
-    proc = ClaveProcess(tmp_path_factory.mktemp("clave"), chain_ids="31337,1", extra=["--admin", admin.address])
+    # geth's {raw, tx} result for eth_signTransaction: these tests read the `tx` JSON; the client tests
+    # (tests/test_client_matrix.py) run their own `clave up` with the default bare raw transaction.
+    proc = ClaveProcess(tmp_path_factory.mktemp("clave"), chain_ids="31337,1",
+                        extra=["--admin", admin.address, "--eth.signtx-result", "geth"])
     proc.admin = admin
     proc.start()
     yield proc

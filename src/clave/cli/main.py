@@ -51,6 +51,14 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
                         help="processes serving HTTP on the same port (default 1; one per core for throughput)")
     parser.add_argument("--http.read-timeout", dest="http_read_timeout", type=_seconds, default=30.0,
                         help="seconds a client has to send a request's headers, and then its body (default 30)")
+    parser.add_argument("--eth.signtx-result", dest="eth_signtx_result", choices=("raw", "geth"), default="raw",
+                        help="eth_signTransaction's result: a bare 0x raw transaction (default; ethers, viem, cast) "
+                        "or geth's {raw, tx} object (web3.py)")
+    parser.add_argument("--downstream", default=None, metavar="URL",
+                        help="proxy mode: forward every non-signing method to this node (http, https, ws, wss) "
+                        "and send eth_sendTransaction through it")
+    parser.add_argument("--downstream.auth-header-file", dest="downstream_auth_file", default=None, metavar="FILE",
+                        help="a file with one 'Name: value' HTTP header sent to the --downstream node")
     parser.add_argument("--admin", default="", metavar="0xADDR[,0xADDR]",
                         help="a new datadir's admin set: the keys whose signature authorizes a keyfile export")
 
@@ -112,7 +120,24 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         http_workers=args.http_workers,
         http_read_timeout=args.http_read_timeout,
         admins=parse_admins(args.admin),
+        eth_signtx_result=args.eth_signtx_result,
+        downstream=_downstream(args),
+        downstream_auth_file=Path(args.downstream_auth_file) if args.downstream_auth_file else None,
     )
+
+
+def _downstream(args: argparse.Namespace) -> str | None:
+    url = args.downstream
+    if url is None:
+        if args.downstream_auth_file:
+            raise SystemExit("clave: --downstream.auth-header-file needs --downstream URL")
+        return None
+    if not url.startswith(("http://", "https://", "ws://", "wss://")):
+        raise SystemExit(f"clave: --downstream {url}: expected an http(s):// or ws(s):// URL")
+    if args.http_workers > 1:
+        # The nonce tracker for eth_sendTransaction lives in one process.
+        raise SystemExit("clave: --downstream needs --http.workers 1 (concurrent sends share one nonce tracker)")
+    return str(url)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +16,10 @@ from clave.link.sockets import parse_address
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.observe.logs import account_of
 from clave.sidecar.observe.metrics import Metrics
+from clave.sidecar.proxy.methods import proxy_methods
 from clave.sidecar.rpc.dispatch import CallContext, Dispatcher
 from clave.sidecar.rpc.methods import build_methods
+from clave.sidecar.rpc.signing import SigningCalls
 from clave.sidecar.signing.enclave_client import EnclaveClient
 from clave.sidecar.signing.signer import AttestationConfig, FollowerSigner, SealingProvider, Signer
 from clave.sidecar.store.records import SqliteStore
@@ -83,6 +85,7 @@ class Sidecar:
     runner: web.AppRunner | None = None
     http_url: str = ""
     http_port: int = 0
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # e.g. the downstream client
 
     async def start(self) -> None:
         self.signer.start_watch()
@@ -111,6 +114,8 @@ class Sidecar:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.signer.client.close()
+        for close in self.closers:
+            await close()
         self.store.close()
 
 
@@ -151,6 +156,8 @@ def build_sidecar(
         )
     signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
     methods = build_methods(signer, config, metrics)
+    node_methods, fallback, close_downstream = proxy_methods(SigningCalls(signer, metrics), config)
+    methods.update(node_methods)
 
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
 
@@ -178,9 +185,11 @@ def build_sidecar(
                 extra={"fields": fields} if fields else None,
             )
 
-    dispatcher = Dispatcher(methods, observer=observe)
+    dispatcher = Dispatcher(methods, observer=observe, fallback=fallback)
     ipc = None if isinstance(signer, FollowerSigner) else IpcServer(config.ipc_socket, dispatcher)
     sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
+    if close_downstream is not None:
+        sidecar.closers.append(close_downstream)
 
     async def health() -> tuple[int, dict[str, object]]:
         status = signer.status

@@ -1,0 +1,55 @@
+"""The method-table side of proxy mode: `eth_sendTransaction` (and `wallet_sendTransaction`) for the
+table, and the dispatcher's fallback for every method the table does not have.
+
+With `--downstream`, the fallback forwards the call to the node unchanged (its params as received; the
+dispatcher keeps the caller's id and batch). Without it, node methods answer geth's -32601 with a remedy
+that names `--downstream`; any other unknown method gets geth's plain -32601.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from clave.core.errors import MethodNotFound
+from clave.sidecar.config import SidecarConfig
+from clave.sidecar.proxy.downstream import Downstream, read_auth_header
+from clave.sidecar.proxy.send import Sender
+from clave.sidecar.rpc.dispatch import CallContext, Fallback, Method
+from clave.sidecar.rpc.signing import SigningCalls
+
+NODE_PREFIXES = ("eth_", "net_", "web3_", "txpool_", "debug_", "trace_", "wallet_", "anvil_", "evm_", "hardhat_")
+
+
+class NeedsDownstream(MethodNotFound):
+    def __init__(self, method: str) -> None:
+        super().__init__(method)
+        self.message += ": clave answers signing methods only; start it with --downstream URL to forward node methods"
+
+
+async def no_downstream(name: str, params: Any, ctx: CallContext) -> Any:
+    if name.startswith(NODE_PREFIXES):
+        raise NeedsDownstream(name)
+    raise MethodNotFound(name)
+
+
+def proxy_methods(sign: SigningCalls, config: SidecarConfig) -> tuple[dict[str, Method], Fallback,
+                                                                         Callable[[], Awaitable[None]] | None]:
+    """(extra methods, the fallback, what to close at shutdown)."""
+    if config.downstream is None:
+        return {}, no_downstream, None
+    headers = dict([read_auth_header(config.downstream_auth_file)]) if config.downstream_auth_file else {}
+    node = Downstream(config.downstream, headers)
+    sender = Sender(node, sign, config.chain_ids, config.tx_fee_cap_wei)
+
+    async def send_transaction(params: list[Any], ctx: CallContext) -> Any:
+        return await sender.send(params)
+
+    async def forward(name: str, params: Any, ctx: CallContext) -> Any:
+        return await node.call(name, params)
+
+    methods = {
+        "eth_sendTransaction": Method(send_transaction, 1, 1),
+        "wallet_sendTransaction": Method(send_transaction, 1, 1),
+    }
+    return methods, forward, node.close
