@@ -153,7 +153,21 @@ def _tool(name: str) -> str:
     found = str(local) if local.exists() else shutil.which(name)
     if found is None:
         skip_or_fail(f"{name} not installed: run `make tools` (npm @foundry-rs/{name})")  # CI: never skip
-    return found
+    return native_binary(found)
+
+
+def native_binary(shim: str) -> str:
+    """foundry's npm package installs a node shim (`node_modules/.bin/cast`) that exits 0 even when the tool
+    fails; the native binary sits in the platform package next to it (`@foundry-rs/cast-linux-amd64/bin`).
+    Return that binary when it is there, so a failing tool fails the test."""
+    path = Path(shim).resolve()
+    for modules in path.parents:
+        if modules.name == "node_modules":
+            found = sorted((modules / "@foundry-rs").glob(f"{Path(shim).name}-*/bin/{Path(shim).name}"))
+            if found:
+                return str(found[0])
+            break
+    return shim
 
 
 @pytest.fixture(scope="session")

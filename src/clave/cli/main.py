@@ -392,14 +392,19 @@ def cmd_account_import(args: argparse.Namespace) -> int:
 
     imported = 0
     jobs = max(1, args.jobs)
+    total = len(good)
+    if total > 1:
+        print(f"clave: importing {total} keyfiles ({min(jobs, total)} at a time)", file=sys.stderr)
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for candidate, address, error in pool.map(import_one, good):
+        for done, (candidate, address, error) in enumerate(pool.map(import_one, good), 1):
             if error is not None:
                 print(f"clave: {candidate.path}: {error}", file=sys.stderr)
                 failures += 1
             else:
                 imported += 1
-                print(f"Imported {address} from {candidate.path}")
+                print(f"Imported {address} from {candidate.path}", flush=True)
+            if total > 1:
+                print(f"clave: [{done}/{total}] {candidate.path.name}", file=sys.stderr, flush=True)
     print(f"{imported} imported, {failures} failed", file=sys.stderr)
     return 1 if failures or not imported else 0
 

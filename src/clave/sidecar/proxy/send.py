@@ -25,6 +25,7 @@ from clave.sidecar.rpc.eth import eth_build_tx, parse_eth_tx
 from clave.sidecar.rpc.signing import SigningCalls
 
 PLAIN_TRANSFER_GAS = 21000
+_NOT_ESTIMATED = frozenset({"gas", "nonce", "gasprice", "maxfeepergas", "maxpriorityfeepergas", "maxfeeperblobgas"})
 NONCE_CONFLICTS = ("nonce too low", "replacement transaction underpriced", "already known")
 
 
@@ -81,7 +82,8 @@ class Sender:
     async def _gas(self, request: Any, args: txargs.TransactionArgs) -> dict[str, int]:
         if args.gas is not None:
             return {}
-        call = {k: v for k, v in request.items() if k.lower() not in ("gas", "nonce")}
+        # Fees are left out: a half-given fee pair is completed only later, and the gas used does not depend on them.
+        call = {k: v for k, v in request.items() if k.lower() not in _NOT_ESTIMATED}
         estimate = _quantity(await self.node.call("eth_estimateGas", [call]), "eth_estimateGas")
         data = args.input if args.input is not None else args.data
         if estimate == PLAIN_TRANSFER_GAS and not data:
