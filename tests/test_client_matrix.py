@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +202,113 @@ def test_200_concurrent_sends_from_one_account(proxy: ClaveProcess, anvil: Anvil
     assert all(isinstance(r.get("result"), str) and r["result"].startswith("0x02") for r in sign_replies)
     print(f"\n200 concurrent eth_sendTransaction: {200 / seconds:.0f}/s, p99 {_p99(latencies) * 1000:.1f} ms; "
           f"eth_signTransaction: {200 / sign_seconds:.0f}/s, p99 {_p99(sign_latencies) * 1000:.1f} ms")
+
+
+# --- the clients, each through its ordinary remote-signer path ------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT_JS = Path(__file__).with_name("js") / "client.cjs"
+
+
+def _node_modules() -> Path:
+    modules = ROOT / ".tools" / "node_modules"
+    if not (modules / "ethers").is_dir() or not (modules / "viem").is_dir():
+        from tests.vectors import skip_or_fail
+
+        skip_or_fail("ethers/viem not installed: run `make tools`")
+    return modules
+
+
+def _js_client(client: str, proxy: ClaveProcess, account: str, *, ipc: bool = False) -> dict[str, Any]:
+    config = {"client": client, "url": proxy.url, "ipc": str(proxy.ipc) if ipc else None, "account": account,
+              "recipient": RECIPIENT, "chainId": CHAIN}
+    result = subprocess.run(["node", str(CLIENT_JS), json.dumps(config)], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "NODE_PATH": str(_node_modules())})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def _mined_from(anvil: Anvil, receipt: dict[str, Any], account: str) -> None:
+    assert receipt["status"] == 1 and receipt["from"].lower() == account
+    on_chain = anvil.rpc("eth_getTransactionReceipt", receipt["hash"])
+    assert on_chain["status"] == "0x1" and on_chain["from"] == account
+
+
+@pytest.mark.parametrize("transport", ["http", "ipc"])
+def test_ethers_json_rpc_signer(proxy: ClaveProcess, anvil: Anvil, funded: str, transport: str) -> None:
+    out = _js_client("ethers", proxy, funded, ipc=transport == "ipc")
+    assert out["network"] == CHAIN
+    assert out["message"].lower() == funded and out["typed"].lower() == funded  # ethers.verifyMessage / verifyTypedData
+    assert out["signed"] == {"from": out["signed"]["from"], "type": 2, "chainId": CHAIN}
+    assert out["signed"]["from"].lower() == funded  # ethers.Transaction.from(raw).from
+    _mined_from(anvil, out["signedReceipt"], funded)
+    _mined_from(anvil, out["sentReceipt"], funded)
+
+
+def test_viem_wallet_client_with_json_rpc_account(proxy: ClaveProcess, anvil: Anvil, funded: str) -> None:
+    out = _js_client("viem", proxy, funded)
+    assert out["network"] == CHAIN and funded in [a.lower() for a in out["addresses"]]
+    assert out["messageValid"] is True and out["typedValid"] is True  # viem's verifyMessage / verifyTypedData
+    assert out["message"].lower() == funded and out["typed"].lower() == funded
+    for viem_type, signed in out["signed"].items():
+        assert signed["type"] == viem_type and signed["from"].lower() == funded
+        _mined_from(anvil, signed["receipt"], funded)
+    assert out["signed"]["eip2930"]["accessList"] == 1
+    _mined_from(anvil, out["sentReceipt"], funded)
+
+
+@pytest.fixture(scope="module")
+def proxy_geth(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClaveProcess]:
+    """web3.py reads eth_signTransaction's result as geth's {raw, tx}: `--eth.signtx-result geth`."""
+    proc = ClaveProcess(tmp_path_factory.mktemp("proxy-geth"), chain_ids=str(CHAIN),
+                        extra=["--downstream", anvil.url, "--eth.signtx-result", "geth"])
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("transport", ["http", "ipc"])
+def test_web3py(proxy_geth: ClaveProcess, anvil: Anvil, transport: str) -> None:
+    from eth_account.messages import encode_defunct, encode_typed_data
+    from web3 import Web3
+
+    account = new_account(proxy_geth)
+    anvil.fund(account, 10**20)
+    provider = Web3.IPCProvider(str(proxy_geth.ipc)) if transport == "ipc" else Web3.HTTPProvider(proxy_geth.url)
+    w3 = Web3(provider)
+    assert w3.is_connected() and w3.eth.chain_id == CHAIN  # web3_clientVersion, eth_chainId
+    sender = Web3.to_checksum_address(account)
+    signature = w3.eth.sign(sender, text="gm from web3.py")
+    assert w3.eth.account.recover_message(encode_defunct(text="gm from web3.py"), signature=signature) == sender
+    typed = {
+        "types": {"EIP712Domain": [{"name": "name", "type": "string"}, {"name": "chainId", "type": "uint256"}],
+                  "Mail": [{"name": "contents", "type": "string"}, {"name": "tags", "type": "uint256[]"}]},
+        "primaryType": "Mail", "domain": {"name": "clave", "chainId": CHAIN},
+        "message": {"contents": "hello", "tags": [1, 2]},
+    }
+    signature = w3.eth.sign_typed_data(sender, typed)  # eth_signTypedData
+    assert w3.eth.account.recover_message(encode_typed_data(full_message=typed), signature=signature) == sender
+    request = {"from": sender, "to": RECIPIENT, "value": 5, "gas": 21000, "maxFeePerGas": 10**10,
+               "maxPriorityFeePerGas": 1, "nonce": w3.eth.get_transaction_count(sender, "pending"), "chainId": CHAIN}
+    signed = w3.eth.sign_transaction(request)  # eth_signTransaction, geth's {raw, tx}
+    assert w3.eth.account.recover_transaction(signed.raw) == sender
+    tx_hash = w3.eth.send_raw_transaction(signed.raw)
+    assert w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)["status"] == 1
+    tx_hash = w3.eth.send_transaction({"from": sender, "to": RECIPIENT, "value": 6})  # eth_sendTransaction
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+    assert receipt["status"] == 1 and receipt["from"] == sender
+    assert anvil.rpc("eth_getTransactionReceipt", "0x" + bytes(tx_hash).hex())["from"] == account
+
+
+@pytest.mark.parametrize("transport", ["http", "ipc"])
+def test_cast_send_unlocked_and_rpc(proxy: ClaveProcess, anvil: Anvil, cast: str, funded: str, transport: str) -> None:
+    rpc_url = str(proxy.ipc) if transport == "ipc" else proxy.url
+    assert run(cast, "chain-id", "--rpc-url", rpc_url) == str(CHAIN)
+    sent = json.loads(run(cast, "send", "--unlocked", "--from", funded, RECIPIENT, "--value", "7", "--json",
+                          "--rpc-url", rpc_url))
+    assert sent["status"] == "0x1" and sent["from"].lower() == funded
+    assert anvil.rpc("eth_getTransactionReceipt", sent["transactionHash"])["from"] == funded
+    message = "gm from cast"
+    signature = json.loads(run(cast, "rpc", "personal_sign", "0x" + message.encode().hex(), funded, "--rpc-url", rpc_url))
+    verified = run(cast, "wallet", "verify", "--address", funded, message, signature)  # exits 1 when it does not
+    assert "validation succeeded" in verified.lower() and funded in verified.lower()

@@ -1,5 +1,6 @@
-"""The method-table side of proxy mode: `eth_sendTransaction` (and `wallet_sendTransaction`) for the
-table, and the dispatcher's fallback for every method the table does not have.
+"""The method-table side of proxy mode: `eth_sendTransaction` (and `wallet_sendTransaction`), an
+`eth_signTransaction` that fills what the request leaves out from the node (as anvil does), and the
+dispatcher's fallback for every method the table does not have.
 
 With `--downstream`, the fallback forwards the call to the node unchanged (its params as received; the
 dispatcher keeps the caller's id and batch). Without it, node methods answer geth's -32601 with a remedy
@@ -45,10 +46,15 @@ def proxy_methods(sign: SigningCalls, config: SidecarConfig) -> tuple[dict[str, 
     async def send_transaction(params: list[Any], ctx: CallContext) -> Any:
         return await sender.send(params)
 
+    async def sign_transaction(params: list[Any], ctx: CallContext) -> Any:
+        result = await sender.sign_transaction(params)
+        return result if config.eth_signtx_result == "geth" else result["raw"]
+
     async def forward(name: str, params: Any, ctx: CallContext) -> Any:
         return await node.call(name, params)
 
     methods = {
+        "eth_signTransaction": Method(sign_transaction, 1, 1),
         "eth_sendTransaction": Method(send_transaction, 1, 1),
         "wallet_sendTransaction": Method(send_transaction, 1, 1),
     }

@@ -28,6 +28,10 @@ class NonceTracker:
             self._next[address] = nonce + 1
             return nonce
 
+    def peek(self, address: bytes) -> int | None:
+        """The nonce the next reservation would give, if counted already; nothing is reserved."""
+        return self._next.get(address)
+
     def release(self, address: bytes, nonce: int) -> None:
         """`nonce` was reserved but never reached the node."""
         if self._next.get(address) == nonce + 1:

@@ -90,11 +90,12 @@ class Sender:
             return {"gas": estimate}
         return {"gas": estimate + estimate // 5}
 
-    async def send(self, params: list[Any]) -> Any:
+    async def _filled(self, params: list[Any]) -> tuple[bytes, txargs.TransactionArgs, int | None]:
+        """The request with chain id, fees and gas filled from the node (not the nonce)."""
         args, tx_type = parse_eth_tx(params)
-        if args.from_ is None or args.from_ not in await self.sign.signer.addresses():
-            raise UnknownAccount()
         address = args.from_
+        if address is None or address not in await self.sign.signer.addresses():
+            raise UnknownAccount()
         chain_id = await self.chain_id()
         if args.chain_id is not None and args.chain_id != chain_id:
             raise RequestError(f"chainId {args.chain_id} does not match the downstream node's chain {chain_id}")
@@ -103,6 +104,22 @@ class Sender:
         args = dataclasses.replace(args, chain_id=chain_id)
         for name, value in {**fees, **gas}.items():
             setattr(args, name, value)
+        return address, args, tx_type
+
+    async def sign_transaction(self, params: list[Any]) -> dict[str, Any]:
+        """eth_signTransaction in proxy mode: filled as anvil fills it (ethers' JsonRpcSigner sends only
+        from/to/value). A missing nonce is the next one this process would use, without reserving it: a
+        transaction signed but never broadcast must not leave a gap for the sends after it."""
+        address, args, tx_type = await self._filled(params)
+        if args.nonce is None:
+            args.nonce = self.nonces.peek(address)
+            if args.nonce is None:
+                args.nonce = await self._pending_count(address)
+        tx = eth_build_tx(args, tx_type, self.chain_ids, self.tx_fee_cap_wei)
+        return await self.sign.transaction(address, tx)
+
+    async def send(self, params: list[Any]) -> Any:
+        address, args, tx_type = await self._filled(params)
         if args.nonce is not None:
             return await self._sign_and_send(address, args, tx_type)
         for attempt in range(2):
