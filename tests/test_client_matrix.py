@@ -108,6 +108,17 @@ def test_node_methods_are_forwarded_with_ids_and_errors(proxy: ClaveProcess, anv
     _, direct = post_json(anvil.url, {**batch[3], "id": 1})
     assert by_id["9"]["error"] == direct["error"], "the node's error is passed through unchanged"
     assert by_id["10"]["result"]["environment"]["chainId"] == CHAIN
+    # The node's own signing and admin methods are not reachable through clave: anvil would sign with its
+    # unlocked dev accounts. clave answers personal_sign itself (for its own accounts only).
+    dev_account = anvil.rpc("eth_accounts")[0]
+    with pytest.raises(RpcFailure) as err:
+        proxy.rpc("personal_sign", "0x00", dev_account)
+    assert (err.value.code, err.value.message) == (-32000, "unknown account")
+    for method, params in (("eth_signTypedData_v1", [dev_account, []]), ("personal_sendTransaction", [{}, ""]),
+                           ("admin_nodeInfo", [])):
+        with pytest.raises(RpcFailure) as err:
+            proxy.rpc(method, *params)
+        assert err.value.code == -32601 and "does not forward" in err.value.message, method
 
 
 def test_send_transaction_fills_signs_and_mines(proxy: ClaveProcess, anvil: Anvil, funded: str) -> None:

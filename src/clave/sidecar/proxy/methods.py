@@ -3,7 +3,8 @@
 dispatcher's fallback for every method the table does not have.
 
 With `--downstream`, the fallback forwards the call to the node unchanged (its params as received; the
-dispatcher keeps the caller's id and batch). Without it, node methods answer geth's -32601 with a remedy
+dispatcher keeps the caller's id and batch), except methods that would make the node sign or administer
+(`NOT_FORWARDED`). Without it, node methods answer geth's -32601 with a remedy
 that names `--downstream`; any other unknown method gets geth's plain -32601.
 """
 
@@ -19,7 +20,16 @@ from clave.sidecar.proxy.send import Sender
 from clave.sidecar.rpc.dispatch import CallContext, Fallback, Method
 from clave.sidecar.rpc.signing import SigningCalls
 
+# Never forwarded: a node's own signing and account methods would sign with the node's keys (anvil's dev
+# accounts, a geth keystore), and its admin methods are no client's business through a signer.
+NOT_FORWARDED = ("eth_sign", "personal_", "account_", "clave_", "admin_", "miner_", "engine_")
 NODE_PREFIXES = ("eth_", "net_", "web3_", "txpool_", "debug_", "trace_", "wallet_", "anvil_", "evm_", "hardhat_")
+
+
+class NotForwarded(MethodNotFound):
+    def __init__(self, method: str) -> None:
+        super().__init__(method)
+        self.message += ": clave does not forward signing, account or admin methods to the --downstream node"
 
 
 class NeedsDownstream(MethodNotFound):
@@ -51,6 +61,8 @@ def proxy_methods(sign: SigningCalls, config: SidecarConfig) -> tuple[dict[str, 
         return result if config.eth_signtx_result == "geth" else result["raw"]
 
     async def forward(name: str, params: Any, ctx: CallContext) -> Any:
+        if name.startswith(NOT_FORWARDED):
+            raise NotForwarded(name)
         return await node.call(name, params)
 
     methods = {
