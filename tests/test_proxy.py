@@ -169,6 +169,9 @@ async def test_node_errors_pass_through_with_data(node: tuple[Node, str], tmp_pa
         with pytest.raises(RpcFailure) as err:
             await stack.rpc("web3_sha3", "0x00", transport="http")
         assert (err.value.code, err.value.message) == (-32601, "no web3_sha3")
+        text = await (await stack.http.get("/metrics")).text()
+        assert 'clave_requests_total{method="forwarded",outcome="ok"} 1.0' in text
+        assert 'clave_requests_total{method="forwarded",outcome="bad_request"} 2.0' in text
 
 
 async def test_node_on_another_chain_is_refused(node: tuple[Node, str], tmp_path: Path) -> None:

@@ -162,7 +162,8 @@ def build_sidecar(
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
 
     def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:
-        known = method if method in methods else "unknown"
+        # Methods forwarded to the --downstream node share one label, as unknown ones do without it.
+        known = method if method in methods else ("forwarded" if config.downstream else "unknown")
         children = series.get((known, outcome))
         if children is None:
             children = series[(known, outcome)] = (

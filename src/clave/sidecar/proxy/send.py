@@ -94,8 +94,9 @@ class Sender:
         """The request with chain id, fees and gas filled from the node (not the nonce)."""
         args, tx_type = parse_eth_tx(params)
         address = args.from_
-        if address is None or address not in await self.sign.signer.addresses():
+        if address is None:
             raise UnknownAccount()
+        await self.sign.signer.require(address)  # before anything is asked of the node
         chain_id = await self.chain_id()
         if args.chain_id is not None and args.chain_id != chain_id:
             raise RequestError(f"chainId {args.chain_id} does not match the downstream node's chain {chain_id}")
