@@ -185,3 +185,4 @@ async def test_geth_result_shape_on_request(tmp_path_factory: pytest.TempPathFac
                                      transport="http")
         assert set(result) == {"raw", "tx"} and result["tx"]["type"] == "0x1"
         assert _decoded(result["raw"])["sender"] == account
+

@@ -221,3 +221,24 @@ async def test_nonce_tracker_gives_back_only_the_last_nonce() -> None:
     assert await tracker.reserve(a) == 12
     tracker.release(a, 11)  # one in the middle: resync from the node
     assert tracker.peek(a) is None and await tracker.reserve(a) == 20
+
+
+def test_command_line_options_reach_the_config(tmp_path: Any) -> None:
+    from clave.cli.main import build_parser, config_from_args
+
+    def config(*extra: str) -> Any:
+        return config_from_args(build_parser().parse_args(["up", "--datadir", str(tmp_path), *extra]))
+
+    assert config().eth_signtx_result == "raw" and config().downstream is None
+    chosen = config("--eth.signtx-result", "geth", "--downstream", "wss://node.example:8546",
+                    "--downstream.auth-header-file", "hdr")
+    assert (chosen.eth_signtx_result, chosen.downstream, str(chosen.downstream_auth_file)) == (
+        "geth", "wss://node.example:8546", "hdr")
+    for bad, why in ((["--downstream", "ftp://node"], "expected an http(s):// or ws(s):// URL"),
+                     (["--downstream", "http://n", "--http.workers", "2"], "needs --http.workers 1"),
+                     (["--downstream.auth-header-file", "hdr"], "needs --downstream URL")):
+        with pytest.raises(SystemExit) as exited:
+            config(*bad)
+        assert why in str(exited.value)
+    with pytest.raises(SystemExit):
+        config("--eth.signtx-result", "object")  # argparse: not one of raw, geth
