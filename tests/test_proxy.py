@@ -87,7 +87,11 @@ class Node:
                         await ws.send_str(json.dumps(self.answer(json.loads(frame.data))))
                 return ws
             self.headers.append(request.headers.get("X-Node-Key"))
-            return web.json_response(self.answer(await request.json()))
+            message = await request.json()
+            if isinstance(message, dict) and message.get("method") == "eth_getLogs":
+                self.calls.append("eth_getLogs")
+                return web.Response(text=big_reply(message["id"]), content_type="application/json")
+            return web.json_response(self.answer(message))
 
         app = web.Application()
         app.router.add_route("*", "/", http)
@@ -103,6 +107,12 @@ async def node() -> AsyncIterator[tuple[Node, str]]:
         yield scripted, str(server.make_url("/"))
     finally:
         await server.close()
+
+
+def big_reply(request_id: Any) -> str:
+    """About 3 MB, formatted as no JSON encoder in clave would write it (spaces, `result` before `id`)."""
+    logs = [{"address": TO.lower(), "data": "0x" + "ee" * 1000, "logIndex": hex(i)} for i in range(1500)]
+    return '{ "jsonrpc" : "2.0", "result" : ' + json.dumps(logs, indent=1) + ', "id" : ' + json.dumps(request_id) + " }"
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
@@ -172,6 +182,24 @@ async def test_node_errors_pass_through_with_data(node: tuple[Node, str], tmp_pa
         text = await (await stack.http.get("/metrics")).text()
         assert 'clave_requests_total{method="forwarded",outcome="ok"} 1.0' in text
         assert 'clave_requests_total{method="forwarded",outcome="bad_request"} 2.0' in text
+
+
+async def test_large_replies_are_streamed_unchanged(node: tuple[Node, str], tmp_path: Path) -> None:
+    scripted, url = node
+    async with running_stack(tmp_path, chain_ids=(CHAIN,), downstream=url) as stack:
+        for request_id in (7, "abc", None):
+            call = {"jsonrpc": "2.0", "id": request_id, "method": "eth_getLogs", "params": [{}]}
+            response = await stack.http.post("/", json=call)
+            assert response.status == 200 and response.content_type == "application/json"
+            # Byte for byte what the node wrote: not parsed and written again (that would change the spacing).
+            assert await response.text() == big_reply(request_id)
+        # In a batch, the dispatcher forwards each call; the reply is the same JSON value.
+        batch = [{"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [{}]},
+                 {"jsonrpc": "2.0", "id": 2, "method": "eth_chainId"}]
+        replies = await (await stack.http.post("/", json=batch)).json()
+        assert replies[0] == json.loads(big_reply(1)) and replies[1]["result"] == hex(CHAIN)
+        text = await (await stack.http.get("/metrics")).text()
+        assert 'clave_requests_total{method="forwarded",outcome="streamed"} 3.0' in text
 
 
 async def test_node_on_another_chain_is_refused(node: tuple[Node, str], tmp_path: Path) -> None:

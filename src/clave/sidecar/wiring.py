@@ -156,8 +156,8 @@ def build_sidecar(
         )
     signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
     methods = build_methods(signer, config, metrics)
-    node_methods, fallback, close_downstream = proxy_methods(SigningCalls(signer, metrics), config)
-    methods.update(node_methods)
+    proxy = proxy_methods(SigningCalls(signer, metrics), config)
+    methods.update(proxy.methods)
 
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
 
@@ -186,11 +186,11 @@ def build_sidecar(
                 extra={"fields": fields} if fields else None,
             )
 
-    dispatcher = Dispatcher(methods, observer=observe, fallback=fallback)
+    dispatcher = Dispatcher(methods, observer=observe, fallback=proxy.fallback)
     ipc = None if isinstance(signer, FollowerSigner) else IpcServer(config.ipc_socket, dispatcher)
     sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
-    if close_downstream is not None:
-        sidecar.closers.append(close_downstream)
+    if proxy.close is not None:
+        sidecar.closers.append(proxy.close)
 
     async def health() -> tuple[int, dict[str, object]]:
         status = signer.status
@@ -248,5 +248,5 @@ def build_sidecar(
                 f"{config.auth_token_file}: auth token file is empty", remedy="write the bearer token into it"
             )
     http_config = HttpConfig(config.vhosts, config.cors_domains, token, read_timeout=config.http_read_timeout)
-    app = make_http_app(dispatcher, http_config, health, render_metrics)
+    app = make_http_app(dispatcher, http_config, health, render_metrics, streamer=proxy.streamer(methods, observe))
     return sidecar, app

@@ -89,6 +89,10 @@ class Downstream:
             raise NodeError(code if isinstance(code, int) else -32000, str(error.get("message", "")), error.get("data"))
         return reply["result"]
 
+    def post_raw(self, body: bytes) -> Any:
+        """POST a request body as it is (HTTP(S) only); an aiohttp response context, for streaming."""
+        return self._client().post(self.url, data=body, headers=self.headers)
+
     async def _http_call(self, message: dict[str, Any]) -> Any:
         try:
             async with self._client().post(self.url, data=json.dumps(message), headers=self.headers) as response:

@@ -10,14 +10,16 @@ that names `--downstream`; any other unknown method gets geth's plain -32601.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
+from dataclasses import dataclass
 from typing import Any
 
 from clave.core.errors import MethodNotFound
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.proxy.downstream import Downstream, read_auth_header
 from clave.sidecar.proxy.send import Sender
-from clave.sidecar.rpc.dispatch import CallContext, Fallback, Method
+from clave.sidecar.proxy.stream import Streamer
+from clave.sidecar.rpc.dispatch import CallContext, Fallback, Method, Observer
 from clave.sidecar.rpc.signing import SigningCalls
 
 # Never forwarded: a node's own signing and account methods would sign with the node's keys (anvil's dev
@@ -44,11 +46,21 @@ async def no_downstream(name: str, params: Any, ctx: CallContext) -> Any:
     raise MethodNotFound(name)
 
 
-def proxy_methods(sign: SigningCalls, config: SidecarConfig) -> tuple[dict[str, Method], Fallback,
-                                                                         Callable[[], Awaitable[None]] | None]:
-    """(extra methods, the fallback, what to close at shutdown)."""
+@dataclass
+class Proxy:
+    methods: dict[str, Method]  # added to (and overriding) the table
+    fallback: Fallback  # for every method not in the table
+    close: Callable[[], Awaitable[None]] | None = None  # at shutdown
+    node: Downstream | None = None
+
+    def streamer(self, answered_here: Container[str], observer: Observer | None) -> Streamer | None:
+        """HTTP's streaming of forwarded single calls (`proxy.stream`), once the whole table is known."""
+        return None if self.node is None else Streamer(self.node, answered_here, NOT_FORWARDED, observer)
+
+
+def proxy_methods(sign: SigningCalls, config: SidecarConfig) -> Proxy:
     if config.downstream is None:
-        return {}, no_downstream, None
+        return Proxy({}, no_downstream)
     headers = dict([read_auth_header(config.downstream_auth_file)]) if config.downstream_auth_file else {}
     node = Downstream(config.downstream, headers)
     sender = Sender(node, sign, config.chain_ids, config.tx_fee_cap_wei)
@@ -70,4 +82,4 @@ def proxy_methods(sign: SigningCalls, config: SidecarConfig) -> tuple[dict[str, 
         "eth_sendTransaction": Method(send_transaction, 1, 1),
         "wallet_sendTransaction": Method(send_transaction, 1, 1),
     }
-    return methods, forward, node.close
+    return Proxy(methods, forward, node.close, node)
