@@ -193,6 +193,12 @@ async def test_large_replies_are_streamed_unchanged(node: tuple[Node, str], tmp_
             assert response.status == 200 and response.content_type == "application/json"
             # Byte for byte what the node wrote: not parsed and written again (that would change the spacing).
             assert await response.text() == big_reply(request_id)
+        # A body whose keys repeat is not passed on as it is: a node keeping the first "method" would read a
+        # call clave never forwards. The dispatcher's own request goes instead.
+        smuggled = b'{"jsonrpc":"2.0","id":1,"method":"personal_sendTransaction","method":"eth_getLogs","params":[{}]}'
+        response = await stack.http.post("/", data=smuggled, headers={"Content-Type": "application/json"})
+        assert await response.json() == json.loads(big_reply(1))
+        assert await response.text() != big_reply(1)
         # In a batch, the dispatcher forwards each call; the reply is the same JSON value.
         batch = [{"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [{}]},
                  {"jsonrpc": "2.0", "id": 2, "method": "eth_chainId"}]

@@ -25,9 +25,9 @@ CHUNK = 1 << 16
 def forwardable_call(body: bytes, answered_here: Container[str], not_forwarded: tuple[str, ...]) -> str | None:
     """The method of a single JSON-RPC call the node would answer, or None."""
     try:
-        message = json.loads(body)
+        message = json.loads(body, object_pairs_hook=_no_duplicates)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+        return None  # duplicate keys included: a node that keeps the first "method" would read another call
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0" or "id" not in message:
         return None
     method = message.get("method")
@@ -37,6 +37,13 @@ def forwardable_call(body: bytes, answered_here: Container[str], not_forwarded: 
     if not (request_id is None or isinstance(request_id, (str, int))) or isinstance(request_id, bool):
         return None  # odd ids (floats, objects) take the dispatcher's path, which answers them geth's way
     return method
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
 
 
 class Streamer:
