@@ -59,7 +59,7 @@ class Node:
             result = hex(50_000)
         elif method == "eth_gasPrice":
             result = hex(self.gas_price)
-        elif method == "eth_maxPriorityFeePerGas":
+        elif method == "eth_maxPriorityFeePerGas" and self.base_fee is not None:  # pre-London: unknown
             result = hex(self.tip)
         elif method == "eth_feeHistory":
             result = {"oldestBlock": "0x1", "reward": [],

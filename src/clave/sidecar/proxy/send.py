@@ -65,19 +65,29 @@ class Sender:
             return {}
         if tx_type in (0, 1):
             return {"gas_price": _quantity(await self.node.call("eth_gasPrice", []), "eth_gasPrice")}
-        history = await self.node.call("eth_feeHistory", ["0x1", "latest", []])
-        base_fees = history.get("baseFeePerGas") if isinstance(history, dict) else None
-        next_base = _quantity(base_fees[-1], "eth_feeHistory") if base_fees else 0
-        if not next_base and args.max_fee_per_gas is None and args.max_priority_fee_per_gas is None:
-            if tx_type is None:  # a chain without a base fee: legacy
+        # Both asked at once; the tip is dropped if the chain turns out to have no base fee.
+        tip_ask = asyncio.ensure_future(self._tip()) if args.max_priority_fee_per_gas is None else None
+        try:
+            history = await self.node.call("eth_feeHistory", ["0x1", "latest", []])
+            base_fees = history.get("baseFeePerGas") if isinstance(history, dict) else None
+            next_base = _quantity(base_fees[-1], "eth_feeHistory") if base_fees else 0
+            if not next_base and tx_type is None and args.max_fee_per_gas is None and tip_ask is not None:
+                # A chain without a base fee: legacy.
                 return {"gas_price": _quantity(await self.node.call("eth_gasPrice", []), "eth_gasPrice")}
-        tip = args.max_priority_fee_per_gas
-        if tip is None:
-            tip = _quantity(await self.node.call("eth_maxPriorityFeePerGas", []), "eth_maxPriorityFeePerGas")
-            if args.max_fee_per_gas is not None:
-                tip = min(tip, args.max_fee_per_gas)
+            tip = args.max_priority_fee_per_gas if tip_ask is None else await tip_ask
+        finally:
+            if tip_ask is not None and not tip_ask.done():
+                tip_ask.cancel()
+            elif tip_ask is not None and not tip_ask.cancelled():
+                tip_ask.exception()  # retrieved: a failed ask that was not needed is not an error
+        assert tip is not None
+        if args.max_fee_per_gas is not None and args.max_priority_fee_per_gas is None:
+            tip = min(tip, args.max_fee_per_gas)
         max_fee = args.max_fee_per_gas if args.max_fee_per_gas is not None else 2 * next_base + tip
         return {"max_priority_fee_per_gas": tip, "max_fee_per_gas": max_fee}
+
+    async def _tip(self) -> int:
+        return _quantity(await self.node.call("eth_maxPriorityFeePerGas", []), "eth_maxPriorityFeePerGas")
 
     async def _gas(self, request: Any, args: txargs.TransactionArgs) -> dict[str, int]:
         if args.gas is not None:
