@@ -20,6 +20,7 @@ class Candidate:
     text: str | None  # None when the file is skipped or unreadable
     problem: str | None  # why the file cannot be imported; None for a usable keyfile
     skipped: bool = False  # skipped silently, as geth does (hidden, backup, directory)
+    addressed: bool = True  # False for a keyfile without `address` (foundry): the enclave learns it
 
 
 def scan(path: Path) -> list[Candidate]:
@@ -50,7 +51,7 @@ def _inspect(path: Path, *, in_directory: bool) -> Candidate:
     ):
         # A keyfile without an address (foundry's `cast wallet new` writes none) is still imported: the
         # enclave derives the address from the decrypted key.
-        return Candidate(path, text, None)
+        return Candidate(path, text, None, addressed=False)
     if not isinstance(address, str) or not address:
         return Candidate(path, None, "keyfile has no address")
     try:

@@ -395,8 +395,12 @@ def cmd_account_import(args: argparse.Namespace) -> int:
     total = len(good)
     if total > 1:
         print(f"clave: importing {total} keyfiles ({min(jobs, total)} at a time)", file=sys.stderr)
+    # Keyfiles that name their address first, then those without one: when both hold the same key (geth's
+    # test keystore has such a pair), the named one is imported and the other refused as a duplicate.
+    phases = [[c for c in good if c.addressed], [c for c in good if not c.addressed]]
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for done, (candidate, address, error) in enumerate(pool.map(import_one, good), 1):
+        results = (result for phase in phases for result in pool.map(import_one, phase))  # phase by phase
+        for done, (candidate, address, error) in enumerate(results, 1):
             if error is not None:
                 print(f"clave: {candidate.path}: {error}", file=sys.stderr)
                 failures += 1
