@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TOOLS := .tools
 FOUNDRY_VERSION ?= 1.7.1
+# The JavaScript clients the client tests drive (tests/js/client.cjs); pinned, from npm.
+ETHERS_VERSION ?= 6.17.0
+VIEM_VERSION ?= 2.58.8
 ARGS ?=
 
 .PHONY: up test check install install-test tools system-deps lint bench clean
@@ -30,11 +33,16 @@ $(TOOLS)/node_modules/.bin/cast:
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) \
 		@foundry-rs/anvil@$(FOUNDRY_VERSION) @foundry-rs/cast@$(FOUNDRY_VERSION)
 
+$(TOOLS)/.clients-ethers-$(ETHERS_VERSION)-viem-$(VIEM_VERSION):
+	mkdir -p $(TOOLS)
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) ethers@$(ETHERS_VERSION) viem@$(VIEM_VERSION)
+	touch $@
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test tools system-deps
 
-tools: $(TOOLS)/node_modules/.bin/cast
+tools: $(TOOLS)/node_modules/.bin/cast $(TOOLS)/.clients-ethers-$(ETHERS_VERSION)-viem-$(VIEM_VERSION)
 
 # Start the whole local stack (enclave process, software NSM, KMS emulator, sidecar).
 up: install

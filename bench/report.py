@@ -9,6 +9,8 @@ WORKLOAD = {
     "sign": "`eth_sign`",
     "typed": "`eth_signTypedData_v4` (EIP-712)",
     "anvil_tx": "`eth_signTransaction` (EIP-1559)",
+    "send": "`eth_sendTransaction` via `--downstream` anvil (filled, signed, broadcast, mined)",
+    "eth_tx": "`eth_signTransaction` (EIP-1559), same stack, same burst",
 }
 
 MICRO = [

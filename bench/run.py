@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--soak", type=float, default=0.0, metavar="MINUTES", help="also run full load this long, RSS every 10 s")
     p.add_argument("--no-wrk", action="store_true", help="do not use wrk")
     p.add_argument("--wrk", action="store_true", help="use wrk even with --smoke")
-    p.add_argument("--no-anvil", action="store_true", help="skip the anvil baseline")
+    p.add_argument("--no-anvil", action="store_true", help="skip the anvil baseline (and the proxy sends)")
+    p.add_argument("--proxy-sends", type=int, default=200,
+                   help="concurrent eth_sendTransaction through clave up --downstream anvil (0 = skip; default 200)")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument("--no-micro", action="store_true", help="skip the single-core measurements")
     p.add_argument("--retries", type=int, default=2,
@@ -203,6 +205,8 @@ class Bench:
                 self.stack.stop()
         if not args.no_anvil:
             self.guard("anvil baseline", self.anvil_baseline)
+            if args.proxy_sends > 0:
+                self.guard("proxy sends", self.proxy_sends, args.proxy_sends)
         self.results["meta"]["wall_seconds"] = round(time.monotonic() - t_start, 1)
         self.results["targets"] = report.evaluate_targets(self.results)
         if self.tmp is not None and not args.keep:
@@ -597,6 +601,24 @@ class Bench:
             self.measure("anvil", lambda: pygen.run(cfg))
         finally:
             anvil.stop()
+
+
+    def proxy_sends(self, count: int) -> None:
+        """Issue 13: `count` concurrent eth_sendTransaction from one account via --downstream anvil."""
+        import proxy_send
+
+        binary = stk.find_anvil()
+        if binary is None:
+            self.note("anvil not found: no proxy-send rows (make tools)")
+            return
+        log(f"proxy mode: {count} concurrent eth_sendTransaction from one account via --downstream anvil")
+        workdir = Path(tempfile.mkdtemp(prefix="clave-bench-proxy-"))
+        try:
+            for row in proxy_send.run(binary, count, workdir=workdir):
+                row["accounts_loaded"] = 1
+                self.record(row, "clave --downstream")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,8 +119,9 @@ class ClaveStack:
     """`clave up` on a datadir, started by us (`python -m clave.cli up`), or a running one (url + ipc)."""
 
     def __init__(self, datadir: Path | None, *, url: str | None = None, ipc: str | None = None, chain_id: int = 1,
-                 python: str = sys.executable, http_workers: int = 1) -> None:
+                 python: str = sys.executable, http_workers: int = 1, extra: list[str] | None = None) -> None:
         self.datadir = datadir
+        self.extra = list(extra or [])
         self.http_workers = http_workers
         self.chain_id = chain_id
         self.python = python
@@ -135,10 +136,10 @@ class ClaveStack:
         assert self.datadir is not None
         port = free_port()
         argv = [self.python, "-m", "clave.cli", "up", "--datadir", str(self.datadir), "--http.port", str(port),
-                "--chainid", str(self.chain_id), "--http.workers", str(self.http_workers)]
+                "--chainid", str(self.chain_id), "--http.workers", str(self.http_workers), *self.extra]
         t0 = time.monotonic()
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     start_new_session=True, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])})
         ready = threading.Event()
         self.output.clear()
 

@@ -153,7 +153,21 @@ def _tool(name: str) -> str:
     found = str(local) if local.exists() else shutil.which(name)
     if found is None:
         skip_or_fail(f"{name} not installed: run `make tools` (npm @foundry-rs/{name})")  # CI: never skip
-    return found
+    return native_binary(found)
+
+
+def native_binary(shim: str) -> str:
+    """foundry's npm package installs a node shim (`node_modules/.bin/cast`) that exits 0 even when the tool
+    fails; the native binary sits in the platform package next to it (`@foundry-rs/cast-linux-amd64/bin`).
+    Return that binary when it is there, so a failing tool fails the test."""
+    path = Path(shim).resolve()
+    for modules in path.parents:
+        if modules.name == "node_modules":
+            found = sorted((modules / "@foundry-rs").glob(f"{Path(shim).name}-*/bin/{Path(shim).name}"))
+            if found:
+                return str(found[0])
+            break
+    return shim
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +199,10 @@ def clave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClaveProcess]:
     admin = Admin(tmp_path_factory.mktemp("admin"))  # authorizes `account export` (README "Accounts")
     secrets_search.KNOWN_SECRETS.add(admin.key.hex())
     secrets_search.KNOWN_SECRETS.add(Admin.PASSWORD)
-    proc = ClaveProcess(tmp_path_factory.mktemp("clave"), chain_ids="31337,1", extra=["--admin", admin.address])
+    # geth's {raw, tx} result for eth_signTransaction: these tests read the `tx` JSON; the client tests
+    # (tests/test_client_matrix.py) run their own `clave up` with the default bare raw transaction.
+    proc = ClaveProcess(tmp_path_factory.mktemp("clave"), chain_ids="31337,1",
+                        extra=["--admin", admin.address, "--eth.signtx-result", "geth"])
     proc.admin = admin
     proc.start()
     yield proc

@@ -45,6 +45,10 @@ def test_import_geth_keystore_directory(clave: ClaveProcess, tmp_path: Path) -> 
         assert f"Imported {address} from {keystore / name}" in result.stdout
     for bad in ("no-address", "garbage", "empty", "zero"):
         assert f"{keystore / bad}:" in result.stderr, bad
+    # geth skips "no-address" (its scan needs the field); clave decrypts it like a foundry keyfile, after the
+    # files that name their address, and finds "aaa"'s key again.
+    assert f"{keystore / 'no-address'}: account already exists: 0xf466859ead1932d743d622cb74fc058882e8648a" in (
+        result.stderr), result.stderr
     for skipped in (".hiddenfile", "swapfile~", "foo"):
         assert str(keystore / skipped) not in result.stderr + result.stdout
     listed = clave.rpc("account_list")

@@ -51,6 +51,14 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
                         help="processes serving HTTP on the same port (default 1; one per core for throughput)")
     parser.add_argument("--http.read-timeout", dest="http_read_timeout", type=_seconds, default=30.0,
                         help="seconds a client has to send a request's headers, and then its body (default 30)")
+    parser.add_argument("--eth.signtx-result", dest="eth_signtx_result", choices=("raw", "geth"), default="raw",
+                        help="eth_signTransaction's result: a bare 0x raw transaction (default; ethers, viem, cast) "
+                        "or geth's {raw, tx} object (web3.py)")
+    parser.add_argument("--downstream", default=None, metavar="URL",
+                        help="proxy mode: forward every non-signing method to this node (http, https, ws, wss) "
+                        "and send eth_sendTransaction through it")
+    parser.add_argument("--downstream.auth-header-file", dest="downstream_auth_file", default=None, metavar="FILE",
+                        help="a file with one 'Name: value' HTTP header sent to the --downstream node")
     parser.add_argument("--admin", default="", metavar="0xADDR[,0xADDR]",
                         help="a new datadir's admin set: the keys whose signature authorizes a keyfile export")
 
@@ -112,7 +120,24 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         http_workers=args.http_workers,
         http_read_timeout=args.http_read_timeout,
         admins=parse_admins(args.admin),
+        eth_signtx_result=args.eth_signtx_result,
+        downstream=_downstream(args),
+        downstream_auth_file=Path(args.downstream_auth_file) if args.downstream_auth_file else None,
     )
+
+
+def _downstream(args: argparse.Namespace) -> str | None:
+    url = args.downstream
+    if url is None:
+        if args.downstream_auth_file:
+            raise SystemExit("clave: --downstream.auth-header-file needs --downstream URL")
+        return None
+    if not url.startswith(("http://", "https://", "ws://", "wss://")):
+        raise SystemExit(f"clave: --downstream {url}: expected an http(s):// or ws(s):// URL")
+    if args.http_workers > 1:
+        # The nonce tracker for eth_sendTransaction lives in one process.
+        raise SystemExit("clave: --downstream needs --http.workers 1 (concurrent sends share one nonce tracker)")
+    return str(url)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -413,14 +438,23 @@ def cmd_account_import(args: argparse.Namespace) -> int:
 
     imported = 0
     jobs = max(1, args.jobs)
+    total = len(good)
+    if total > 1:
+        print(f"clave: importing {total} keyfiles ({min(jobs, total)} at a time)", file=sys.stderr)
+    # Keyfiles that name their address first, then those without one: when both hold the same key (geth's
+    # test keystore has such a pair), the named one is imported and the other refused as a duplicate.
+    phases = [[c for c in good if c.addressed], [c for c in good if not c.addressed]]
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for candidate, address, error in pool.map(import_one, good):
+        results = (result for phase in phases for result in pool.map(import_one, phase))  # phase by phase
+        for done, (candidate, address, error) in enumerate(results, 1):
             if error is not None:
                 print(f"clave: {candidate.path}: {error}", file=sys.stderr)
                 failures += 1
             else:
                 imported += 1
-                print(f"Imported {address} from {candidate.path}")
+                print(f"Imported {address} from {candidate.path}", flush=True)
+            if total > 1:
+                print(f"clave: [{done}/{total}] {candidate.path.name}", file=sys.stderr, flush=True)
     print(f"{imported} imported, {failures} failed", file=sys.stderr)
     return 1 if failures or not imported else 0
 

@@ -37,6 +37,9 @@ class SidecarConfig:
     http_workers: int = 1  # processes serving HTTP on one port (SO_REUSEPORT); the first also does IPC
     http_read_timeout: float = 30.0  # seconds for a request's headers (from connect) and for its body
     admins: list[bytes] = field(default_factory=list)  # `--admin`: the export admin set of a new datadir
+    eth_signtx_result: str = "raw"  # `--eth.signtx-result`: eth_signTransaction's "raw" 0x… or geth's {raw, tx}
+    downstream: str | None = None  # `--downstream`: the node chain methods are forwarded to (proxy mode)
+    downstream_auth_file: Path | None = None  # a file holding one `Name: value` header for the node
 
     @property
     def metrics_dir(self) -> Path:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +16,10 @@ from clave.link.sockets import parse_address
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.observe.logs import account_of
 from clave.sidecar.observe.metrics import Metrics
+from clave.sidecar.proxy.methods import proxy_methods
 from clave.sidecar.rpc.dispatch import CallContext, Dispatcher
 from clave.sidecar.rpc.methods import build_methods
+from clave.sidecar.rpc.signing import SigningCalls
 from clave.sidecar.signing.enclave_client import EnclaveClient
 from clave.sidecar.signing.signer import AttestationConfig, FollowerSigner, SealingProvider, Signer
 from clave.sidecar.store.records import SqliteStore
@@ -84,6 +86,7 @@ class Sidecar:
     runner: web.AppRunner | None = None
     http_url: str = ""
     http_port: int = 0
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # e.g. the downstream client
 
     async def start(self) -> None:
         self.signer.start_watch()
@@ -112,6 +115,8 @@ class Sidecar:
         if self.runner is not None:
             await self.runner.cleanup()
         await self.signer.client.close()
+        for close in self.closers:
+            await close()
         self.store.close()
 
 
@@ -152,11 +157,14 @@ def build_sidecar(
         )
     signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
     methods = build_methods(signer, config, metrics)
+    proxy = proxy_methods(SigningCalls(signer, metrics), config)
+    methods.update(proxy.methods)
 
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
 
     def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:
-        known = method if method in methods else "unknown"
+        # Methods forwarded to the --downstream node share one label, as unknown ones do without it.
+        known = method if method in methods else ("forwarded" if config.downstream else "unknown")
         children = series.get((known, outcome))
         if children is None:
             children = series[(known, outcome)] = (
@@ -179,9 +187,11 @@ def build_sidecar(
                 extra={"fields": fields} if fields else None,
             )
 
-    dispatcher = Dispatcher(methods, observer=observe)
+    dispatcher = Dispatcher(methods, observer=observe, fallback=proxy.fallback)
     ipc = None if isinstance(signer, FollowerSigner) else IpcServer(config.ipc_socket, dispatcher)
     sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
+    if proxy.close is not None:
+        sidecar.closers.append(proxy.close)
 
     async def health() -> tuple[int, dict[str, object]]:
         status = signer.status
@@ -239,5 +249,5 @@ def build_sidecar(
                 f"{config.auth_token_file}: auth token file is empty", remedy="write the bearer token into it"
             )
     http_config = HttpConfig(config.vhosts, config.cors_domains, token, read_timeout=config.http_read_timeout)
-    app = make_http_app(dispatcher, http_config, health, render_metrics)
+    app = make_http_app(dispatcher, http_config, health, render_metrics, streamer=proxy.streamer(methods, observe))
     return sidecar, app

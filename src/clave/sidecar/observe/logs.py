@@ -168,9 +168,10 @@ def account_of(method: str, params: list[Any]) -> str:
     if not params:
         return "-"
     candidates: list[Any] = []
-    if method in ("account_signTransaction", "eth_signTransaction") and isinstance(params[0], dict):
+    if method in ("account_signTransaction", "eth_signTransaction", "eth_sendTransaction",
+                  "wallet_sendTransaction") and isinstance(params[0], dict):
         candidates = [v for k, v in params[0].items() if k.lower() == "from"]
-    elif method == "account_signData" and len(params) > 1:
+    elif method in ("account_signData", "personal_sign") and len(params) > 1:
         candidates = [params[1]]
     else:
         candidates = [params[0]]

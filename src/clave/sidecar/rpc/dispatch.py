@@ -52,12 +52,16 @@ class Method:
 
 
 Observer = Callable[[str, str, float, CallContext, list[Any]], None]
+# Called for a method not in the table, with its name and raw params (proxy mode forwards it to a node).
+Fallback = Callable[[str, Any, CallContext], Awaitable[Any]]
 
 
 class Dispatcher:
-    def __init__(self, methods: dict[str, Method], observer: Observer | None = None) -> None:
+    def __init__(self, methods: dict[str, Method], observer: Observer | None = None,
+                 fallback: Fallback | None = None) -> None:
         self.methods = methods
         self.observer = observer
+        self.fallback = fallback
 
     async def handle_body(self, body: bytes, ctx: CallContext) -> tuple[bytes | None, bool]:
         try:
@@ -114,7 +118,7 @@ class Dispatcher:
             reply = _error(request_id, exc.code, exc.message)
         except ClaveError as exc:
             outcome = "refused" if exc.code == SERVER_ERROR else "bad_request"
-            reply = _error(request_id, exc.code, exc.message)
+            reply = _error(request_id, exc.code, exc.message, getattr(exc, "data", None))
         except Exception:
             outcome, infra = "crashed", True
             log.exception("method handler %s crashed", name)
@@ -127,6 +131,8 @@ class Dispatcher:
     async def _call(self, name: str, params: Any, ctx: CallContext) -> Any:
         method = self.methods.get(name)
         if method is None:
+            if self.fallback is not None:
+                return await self.fallback(name, params, ctx)
             raise MethodNotFound(name)
         if params is None:
             params = []
@@ -147,8 +153,11 @@ def _valid_id(request_id: Any) -> bool:
     return not (isinstance(request_id, float) and not math.isfinite(request_id))
 
 
-def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data  # a node's error data (revert reasons), passed through in proxy mode
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
 
 
 def _dump(value: Any) -> bytes:

@@ -29,7 +29,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
     return {
         **clef_methods(sign, config.chain_ids, http_account_new=config.auth_token_file is not None),
         "rpc_modules": Method(rpc_modules),
-        **eth_methods(sign, config.chain_ids, config.tx_fee_cap_wei),
+        **eth_methods(sign, config.chain_ids, config.tx_fee_cap_wei, signtx_result=config.eth_signtx_result),
         **admin_methods(signer),
         **opera_methods(signer),
     }

@@ -82,6 +82,9 @@ config_key = web.AppKey("config", HttpConfig)
 health_key = web.AppKey("health", object)
 metrics_key = web.AppKey("metrics", object)
 slow_clients_key = web.AppKey("slow_clients", SlowClientGuard)
+# (body, ctx, request) -> a response already streamed to the client, or None to dispatch as usual.
+Streamer = Callable[[bytes, CallContext, web.Request], Awaitable[web.StreamResponse | None]]
+streamer_key = web.AppKey("streamer", object)
 
 
 def host_allowed(host_header: str | None, vhosts: tuple[str, ...]) -> bool:
@@ -111,17 +114,25 @@ async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable
         supplied = request.headers.get("Authorization", "")
         if not hmac.compare_digest(supplied.encode(), f"Bearer {config.auth_token}".encode()):
             return web.Response(status=401, text="missing or invalid bearer token\n")
+    if request.method == "OPTIONS" and _cors_origin(request) is not None:
+        return web.Response(status=204)
+    return await handler(request)
+
+
+def _cors_origin(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
-    cors = origin is not None and ("*" in config.cors_domains or origin in config.cors_domains)
-    if cors and request.method == "OPTIONS":
-        response: web.StreamResponse = web.Response(status=204)
-    else:
-        response = await handler(request)
-    if cors:
-        response.headers["Access-Control-Allow-Origin"] = origin or "*"
+    domains = request.app[config_key].cors_domains
+    return origin if origin is not None and ("*" in domains or origin in domains) else None
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: CORS headers on every answer to an allowed origin (streamed ones too), set
+    before any byte is sent."""
+    origin = _cors_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Methods"] = "POST, GET"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
-    return response
 
 
 async def rpc_handler(request: web.Request) -> web.StreamResponse:
@@ -148,6 +159,12 @@ async def rpc_handler(request: web.Request) -> web.StreamResponse:
         user_agent=request.headers.get("User-Agent", "NA"),
         origin=request.headers.get("Origin", "NA"),
     )
+    streamer = request.app.get(streamer_key)
+    if streamer is not None:
+        # Proxy mode: a single call the node answers is streamed from the node as it arrives.
+        streamed = await streamer(body, ctx, request)  # type: ignore[operator]
+        if streamed is not None:
+            return streamed
     reply, infra = await request.app[dispatcher_key].handle_body(body, ctx)
     if reply is None:
         return web.Response(status=200)
@@ -189,8 +206,12 @@ def make_http_app(
     health: HealthFn,
     render_metrics: MetricsFn,
     cleanup: Sequence[Callable[[web.Application], AsyncIterator[None]]] = (),
+    streamer: Streamer | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(add_cors_headers)
+    if streamer is not None:
+        app[streamer_key] = streamer
     app[dispatcher_key] = dispatcher
     app[config_key] = config
     app[slow_clients_key] = SlowClientGuard(config.read_timeout)
