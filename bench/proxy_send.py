@@ -20,25 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack as stk  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.clients import concurrent_posts  # noqa: E402
+
 RECIPIENT = "0x703c4b2bD70c169f5717101CaeE543299Fc946C7"
-
-
-async def _burst(url: str, method: str, requests: list[dict[str, Any]]) -> tuple[list[Any], list[float], float]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async def one(i: int, request: dict[str, Any]) -> tuple[Any, float]:
-            t0 = time.perf_counter()
-            async with session.post(url, json={"jsonrpc": "2.0", "id": i, "method": method, "params": [request]}) as r:
-                reply = await r.json()
-            return reply, time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        done = await asyncio.gather(*(one(i, q) for i, q in enumerate(requests)))
-        return [r for r, _ in done], [t for _, t in done], time.perf_counter() - t0
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -85,7 +73,7 @@ def measure(anvil_url: str, clave_url: str, sender: str, count: int, rounds: int
     for _ in range(rounds):
         start = int(stk.rpc(anvil_url, "eth_getTransactionCount", sender, "pending"), 16)
         requests = [{"from": sender, "to": RECIPIENT, "value": hex(i + 1)} for i in range(count)]
-        replies, latencies, seconds = asyncio.run(_burst(clave_url, "eth_sendTransaction", requests))
+        replies, latencies, seconds = asyncio.run(concurrent_posts(clave_url, requests, "eth_sendTransaction"))
         hashes = [r["result"] for r in replies if "result" in r]
         send_bad += count - len(hashes)
         ok, bad = _mined(anvil_url, hashes, sender, start)
@@ -93,7 +81,7 @@ def measure(anvil_url: str, clave_url: str, sender: str, count: int, rounds: int
         send_rounds.append((latencies, seconds))
         signed = [{**q, "gas": "0x5208", "maxFeePerGas": hex(10**10), "maxPriorityFeePerGas": "0x1", "nonce": hex(i),
                    "chainId": stk.rpc(anvil_url, "eth_chainId")} for i, q in enumerate(requests)]
-        replies, latencies, seconds = asyncio.run(_burst(clave_url, "eth_signTransaction", signed))
+        replies, latencies, seconds = asyncio.run(concurrent_posts(clave_url, signed, "eth_signTransaction"))
         for reply in replies:
             raw = reply.get("result")
             if isinstance(raw, str) and Account.recover_transaction(raw).lower() == sender:

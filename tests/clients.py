@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import rlp
 from eth_account import Account
 from eth_keyfile import create_keyfile_json
@@ -51,8 +53,12 @@ def run(*argv: str, input_text: str | None = None) -> str:
 
 
 def send_and_mine(anvil: Anvil, raw: str) -> dict[str, Any]:
-    tx_hash = anvil.rpc("eth_sendRawTransaction", raw)
-    deadline = time.monotonic() + 15
+    return wait_mined(anvil, anvil.rpc("eth_sendRawTransaction", raw))
+
+
+def wait_mined(anvil: Anvil, tx_hash: str, timeout: float = 15) -> dict[str, Any]:
+    """The receipt of `tx_hash` once anvil has mined it (AssertionError after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         receipt = anvil.rpc("eth_getTransactionReceipt", tx_hash)
         if receipt is not None:
@@ -68,3 +74,17 @@ def blob_network_form(raw_hex: str, blobs: list[bytes], commitments: list[bytes]
     body = rlp.decode(raw[1:])
     wrapped = b"\x03" + rlp.encode([body, blobs, commitments, proofs])
     return "0x" + wrapped.hex()
+
+
+async def concurrent_posts(url: str, requests: list[dict[str, Any]], method: str) -> tuple[list[Any], list[float], float]:
+    """`method` once per request, all at once over HTTP: (replies, each call's seconds, the whole burst's)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def one(i: int, request: dict[str, Any]) -> tuple[Any, float]:
+            started = time.perf_counter()
+            async with session.post(url, json={"jsonrpc": "2.0", "id": i, "method": method, "params": [request]}) as r:
+                reply = await r.json()
+            return reply, time.perf_counter() - started
+
+        began = time.perf_counter()
+        results = await asyncio.gather(*(one(i, q) for i, q in enumerate(requests)))
+        return [r for r, _ in results], [t for _, t in results], time.perf_counter() - began

@@ -13,18 +13,16 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from eth_account import Account
 
 from tests import secrets_search
 from tests.accounts import new_account
-from tests.clients import KNOWN_SECRETS, run
+from tests.clients import KNOWN_SECRETS, concurrent_posts, run, wait_mined
 from tests.stack import Anvil, ClaveProcess, RpcFailure, post_json
 
 CHAIN = 31337
@@ -49,16 +47,6 @@ def funded(proxy: ClaveProcess, anvil: Anvil) -> str:
     address = new_account(proxy)
     anvil.fund(address, 10**21)
     return address
-
-
-def _receipt(anvil: Anvil, tx_hash: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        receipt = anvil.rpc("eth_getTransactionReceipt", tx_hash)
-        if receipt is not None:
-            return receipt  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise AssertionError(f"anvil did not mine {tx_hash}")
 
 
 # --- foundry keystores ---------------------------------------------------------------------------------------
@@ -130,7 +118,7 @@ def test_send_transaction_fills_signs_and_mines(proxy: ClaveProcess, anvil: Anvi
         {"from": funded, "to": RECIPIENT, "data": "0x12345678", "maxPriorityFeePerGas": "0x1"},
     ):
         tx_hash = proxy.rpc("eth_sendTransaction", request)
-        receipt = _receipt(anvil, tx_hash)
+        receipt = wait_mined(anvil, tx_hash)
         assert receipt["status"] == "0x1" and receipt["from"] == funded
         mined = anvil.rpc("eth_getTransactionByHash", tx_hash)
         assert mined["type"] == request.get("type", "0x2") and int(mined["chainId"], 16) == CHAIN
@@ -159,31 +147,18 @@ def test_send_transaction_refusals(proxy: ClaveProcess, anvil: Anvil, funded: st
     assert err.value.message == "chainId 1 does not match the downstream node's chain 31337"
     # A refused send burns no nonce: the next one still mines.
     tx_hash = proxy.rpc("eth_sendTransaction", {"from": funded, "to": RECIPIENT, "value": "0x5"})
-    assert _receipt(anvil, tx_hash)["status"] == "0x1"
+    assert wait_mined(anvil, tx_hash)["status"] == "0x1"
 
 
 def test_nonce_too_low_resyncs(proxy: ClaveProcess, anvil: Anvil, funded: str) -> None:
     """Another wallet moved the account's nonce on (here: anvil_setNonce); clave resyncs and retries."""
     first = proxy.rpc("eth_sendTransaction", {"from": funded, "to": RECIPIENT, "value": "0x1"})
-    _receipt(anvil, first)
+    wait_mined(anvil, first)
     ahead = int(anvil.rpc("eth_getTransactionCount", funded, "latest"), 16) + 5
     anvil.rpc("anvil_setNonce", funded, hex(ahead))
     tx_hash = proxy.rpc("eth_sendTransaction", {"from": funded, "to": RECIPIENT, "value": "0x1"})
-    assert _receipt(anvil, tx_hash)["status"] == "0x1"
+    assert wait_mined(anvil, tx_hash)["status"] == "0x1"
     assert int(anvil.rpc("eth_getTransactionByHash", tx_hash)["nonce"], 16) == ahead
-
-
-async def _concurrent(url: str, requests: list[dict[str, Any]], method: str) -> tuple[list[Any], list[float], float]:
-    async with aiohttp.ClientSession() as session:
-        async def one(i: int, request: dict[str, Any]) -> tuple[Any, float]:
-            started = time.perf_counter()
-            async with session.post(url, json={"jsonrpc": "2.0", "id": i, "method": method, "params": [request]}) as r:
-                reply = await r.json()
-            return reply, time.perf_counter() - started
-
-        began = time.perf_counter()
-        results = await asyncio.gather(*(one(i, q) for i, q in enumerate(requests)))
-        return [r for r, _ in results], [t for _, t in results], time.perf_counter() - began
 
 
 def _p99(latencies: list[float]) -> float:
@@ -194,14 +169,14 @@ def _p99(latencies: list[float]) -> float:
 def test_200_concurrent_sends_from_one_account(proxy: ClaveProcess, anvil: Anvil, funded: str) -> None:
     start = int(anvil.rpc("eth_getTransactionCount", funded, "pending"), 16)
     requests = [{"from": funded, "to": RECIPIENT, "value": hex(i + 1)} for i in range(200)]
-    replies, latencies, seconds = asyncio.run(_concurrent(proxy.url, requests, "eth_sendTransaction"))
+    replies, latencies, seconds = asyncio.run(concurrent_posts(proxy.url, requests, "eth_sendTransaction"))
     errors = [r["error"] for r in replies if "error" in r]
     assert not errors, errors[:3]
     hashes = [r["result"] for r in replies]
     assert len(set(hashes)) == 200
     nonces = []
     for tx_hash in hashes:
-        receipt = _receipt(anvil, tx_hash)
+        receipt = wait_mined(anvil, tx_hash)
         assert receipt["status"] == "0x1" and receipt["from"] == funded
         nonces.append(int(anvil.rpc("eth_getTransactionByHash", tx_hash)["nonce"], 16))
     assert sorted(nonces) == list(range(start, start + 200)), "no gap, no duplicate"
@@ -209,7 +184,7 @@ def test_200_concurrent_sends_from_one_account(proxy: ClaveProcess, anvil: Anvil
     # The same 200 requests signed only (eth_signTransaction), for the figures in the report.
     signed = [{**q, "gas": "0x5208", "maxFeePerGas": hex(10**10), "maxPriorityFeePerGas": "0x1", "nonce": hex(i)}
               for i, q in enumerate(requests)]
-    sign_replies, sign_latencies, sign_seconds = asyncio.run(_concurrent(proxy.url, signed, "eth_signTransaction"))
+    sign_replies, sign_latencies, sign_seconds = asyncio.run(concurrent_posts(proxy.url, signed, "eth_signTransaction"))
     assert all(isinstance(r.get("result"), str) and r["result"].startswith("0x02") for r in sign_replies)
     print(f"\n200 concurrent eth_sendTransaction: {200 / seconds:.0f}/s, p99 {_p99(latencies) * 1000:.1f} ms; "
           f"eth_signTransaction: {200 / sign_seconds:.0f}/s, p99 {_p99(sign_latencies) * 1000:.1f} ms")

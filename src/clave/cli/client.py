@@ -62,11 +62,9 @@ def attested_public_key(client: Any, args: argparse.Namespace) -> bytes:
     return verified.public_key
 
 
-def pinned_commitment(datadir: Path) -> bytes | None:
-    """The master-key commitment `clave serve`/`clave up` pinned in `<datadir>/keystore.sqlite` (read-only)."""
+def store_meta(datadir: Path, name: str) -> bytes | None:
+    """One `meta` value of `<datadir>/keystore.sqlite`, read-only (SystemExit if there is no readable store)."""
     import sqlite3
-
-    from clave.sidecar.signing.signer import META_MASTER_COMMITMENT
 
     path = datadir / "keystore.sqlite"
     if not path.exists():
@@ -76,12 +74,19 @@ def pinned_commitment(datadir: Path) -> bytes | None:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            row = db.execute("SELECT value FROM meta WHERE name = ?", (META_MASTER_COMMITMENT,)).fetchone()
+            row = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         finally:
             db.close()
     except sqlite3.Error as exc:
         raise SystemExit(f"clave: {path}: cannot read the key store: {exc}") from None
     return bytes(row[0]) if row is not None else None
+
+
+def pinned_commitment(datadir: Path) -> bytes | None:
+    """The master-key commitment `clave serve`/`clave up` pinned in `<datadir>/keystore.sqlite`."""
+    from clave.sidecar.signing.signer import META_MASTER_COMMITMENT
+
+    return store_meta(datadir, META_MASTER_COMMITMENT)
 
 
 def check_master_commitment(verified: Any, datadir: Path) -> None:

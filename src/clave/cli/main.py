@@ -20,6 +20,7 @@ from clave.cli.client import (
     connect,
     pinned_commitment,
     read_password,
+    store_meta,
 )
 from clave.cli.opera import add_validator_commands
 from clave.sidecar.config import (
@@ -255,8 +256,6 @@ def _master_commitment(verified: Any, args: argparse.Namespace) -> dict[str, Any
 def _kms_key(verified: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The KMS key ARN the enclave's master key came from (it read it from KMS over its own TLS), the one the
     store pins, and, with --kms-key, the operator's own expectation: a mismatch fails the verification."""
-    import sqlite3
-
     from clave.core.provenance import ProvenanceError, decode_kms
     from clave.sidecar.signing.signer import META_KMS_KEY_ARN
 
@@ -268,13 +267,9 @@ def _kms_key(verified: Any, args: argparse.Namespace) -> dict[str, Any]:
     pinned = None
     if store.exists():
         try:
-            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-            try:
-                row = db.execute("SELECT value FROM meta WHERE name = ?", (META_KMS_KEY_ARN,)).fetchone()
-            finally:
-                db.close()
-            pinned = bytes(row[0]).decode() if row is not None else None
-        except sqlite3.Error:
+            value = store_meta(store.parent, META_KMS_KEY_ARN)
+            pinned = value.decode() if value is not None else None
+        except SystemExit:
             pinned = None
     if args.kms_key and attested != args.kms_key:
         raise ValueError(f"the enclave's master key comes from KMS key {attested}, not --kms-key {args.kms_key}")

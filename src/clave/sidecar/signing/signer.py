@@ -51,6 +51,17 @@ LOGGED_REFUSALS = 100  # refused records named one per log line; beyond that, on
 MAX_REFUSED_CALLS = 100  # single records whose unseal call failed as a whole, before blaming the enclave
 
 
+def _attested(decode: Callable[[bytes | None], Any], verified: AttestationDocument, what: str, missing: str) -> Any:
+    """A value of the enclave's attested user_data (`decode` of it); MasterKeyMismatch if unreadable or absent."""
+    try:
+        value = decode(verified.user_data)
+    except ProvenanceError as exc:
+        raise MasterKeyMismatch(f"{what}: {exc.message}") from None
+    if value is None:
+        raise MasterKeyMismatch(f"{what}: {missing}")
+    return value
+
+
 class MasterKeyMismatch(InfraError):
     """The enclave holds a master key that is not this store's (or one this sidecar cannot verify)."""
 
@@ -235,12 +246,7 @@ class Signer:
         store without a pin (made before pins existed, or a first start cut short) pins the commitment
         once it is proven: a record unsealed under it (AEAD), or, with no record yet, the key this sidecar
         itself loaded from KMS into this very boot (first-start trust in KMS; THREAT_MODEL.md)."""
-        try:
-            commitment = decode_user_data(verified.user_data)
-        except ProvenanceError as exc:
-            raise MasterKeyMismatch(f"master key: {exc.message}") from None
-        if commitment is None:
-            raise MasterKeyMismatch("master key: the enclave says it is ready but attests to no master key")
+        commitment = _attested(decode_user_data, verified, "master key", "the enclave says it is ready but attests to no master key")
         pinned = await asyncio.to_thread(self.store.get_meta, META_MASTER_COMMITMENT)
         if pinned is not None:
             if commitment != pinned:
@@ -377,12 +383,7 @@ class Signer:
         answer) must be `--kms-key-id` when that is an ARN, and the store's pin once there is one. Without
         this, a parent holding credentials of another AWS account could have the enclave's first master key
         come from a KMS key it controls, and so know it. Returns the attested ARN."""
-        try:
-            attested = decode_kms(verified.user_data)
-        except ProvenanceError as exc:
-            raise MasterKeyMismatch(f"KMS key: {exc.message}") from None
-        if attested is None:
-            raise MasterKeyMismatch("KMS key: the enclave attests to no KMS key for its master key")
+        attested = _attested(decode_kms, verified, "KMS key", "the enclave attests to no KMS key for its master key")
         pinned = _text(await asyncio.to_thread(self.store.get_meta, META_KMS_KEY_ARN))
         configured = self.kms_key_id if (self.kms_key_id or "").startswith("arn:") else None
         expected = pinned or configured or attested
