@@ -20,7 +20,12 @@ from py_ecc.secp256k1 import secp256k1 as ecc
 
 from clave.core import backup_format as bf
 from clave.core import feldman, shamir
-from clave.core.custodian import CustodianKeyError, custodian_public, decrypt_custodian_key, encrypt_custodian_key
+from clave.core.custodian import (
+    CustodianKeyError,
+    custodian_public,
+    decrypt_custodian_key,
+    encrypt_custodian_key,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = json.loads((ROOT / "tests" / "data" / "backup_share_vectors.json").read_text())
