@@ -21,6 +21,7 @@ from clave.cli.client import (
     pinned_commitment,
     read_password,
 )
+from clave.cli.backup import add_backup_commands
 from clave.cli.opera import add_validator_commands
 from clave.sidecar.config import (
     DEFAULT_DATADIR,
@@ -636,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
         pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
     pol.set_defaults(func=cmd_kms_policy)
     add_validator_commands(sub)
+    add_backup_commands(sub)  # custodian, backup, recovery (cli/backup.py)
     return parser
 
 
