@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli.backup import add_backup_commands
 from clave.cli.client import (
     add_client_options,
     add_common_options,
@@ -21,7 +22,6 @@ from clave.cli.client import (
     pinned_commitment,
     read_password,
 )
-from clave.cli.backup import add_backup_commands
 from clave.cli.opera import add_validator_commands
 from clave.sidecar.config import (
     DEFAULT_DATADIR,
