@@ -1,0 +1,206 @@
+"""Backup and recovery through the in-process stack (README "Backup and recovery", issue 14): an admin-
+authorized 2-of-3 backup on one datadir; a fresh datadir (new KMS key, new enclave) recovers from
+custodians 1 and 3 through the custodians' own tool (`contribute`, which checks the recovering enclave's
+attestation), and every recovered account signs again (eth-account recovers the signer). Refusals: K−1
+shares, a share altered in value (caught by Feldman, naming the custodian's index), a share of another
+backup, a document from an enclave with another PCR0, a backup without or with a stranger's admin proof;
+each leaves the store as it was. Neither datadir holds a plaintext share or key afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_keyfile import create_keyfile_json
+from eth_utils import keccak
+
+from clave.cli.backup import CeremonyRefused, check_own_share, contribute
+from clave.core import backup_format as bf
+from clave.core.envelope import seal_to
+from clave.core.provenance import encode_user_data
+from clave.dev.soft_nsm import SoftwareNsm
+from clave.enclave.nitro import nsm as nsm_api
+from clave.sidecar.signing.signer import META_KMS_KEY_ARN
+from clave.sidecar.trust.attestation import load_root
+from tests.inproc import Stack, running_stack
+from tests.secrets_search import KnownSecrets, files_under, search
+from tests.stack import RpcFailure
+
+ADMIN = Account.from_key(keccak(b"clave test_backup_recovery admin"))
+STRANGER = Account.from_key(keccak(b"clave test_backup_recovery stranger"))
+ADMINS = [bytes.fromhex(ADMIN.address[2:])]
+CUSTODIANS = [X25519PrivateKey.from_private_bytes(keccak(b"custodian %d" % i)) for i in (1, 2, 3)]
+PUBLIC = [bf.public_key_bytes(c) for c in CUSTODIANS]
+
+
+async def import_key(stack: Stack, key: bytes) -> str:
+    keyfile = json.dumps(create_keyfile_json(key, b"pw", kdf="scrypt", iterations=1 << 10))
+    hello = await stack.signer.client.call("hello")
+    sealed = seal_to(hello["public_key"], {"keyfile": keyfile, "password": "pw"})
+    return str(await stack.rpc("clave_importKeyfile", "0x" + sealed.hex(), True))
+
+
+async def backup(stack: Stack, *, threshold: int = 2, sequence: int = 1, admin: Any = ADMIN,
+                 accounts: list[str] | None = None, custodians: list[bytes] = PUBLIC) -> dict[str, Any]:
+    """What `clave backup create` does: challenge, admin signature over the request, create."""
+    challenge = await stack.rpc("clave_backupChallenge")
+    pcr0 = bytes.fromhex(challenge["pcr0"][2:])
+    if accounts is None:
+        accounts = [a["address"] for a in await stack.rpc("clave_listAccounts")]
+    raw_accounts = [bytes.fromhex(a[2:]) for a in accounts]
+    digest = bf.request_digest(sequence, threshold, custodians, raw_accounts, pcr0)
+    signature = admin.sign_message(encode_defunct(bf.backup_message(digest, bytes.fromhex(challenge["challenge"][2:]))))
+    return dict(await stack.rpc("clave_backupCreate", {
+        "threshold": threshold, "sequence": sequence, "custodians": ["0x" + c.hex() for c in custodians],
+        "accounts": accounts, "pcr0": challenge["pcr0"], "challenge": challenge["challenge"],
+        "signature": "0x" + bytes(signature.signature).hex()}))
+
+
+def manifest_of(result: dict[str, Any]) -> bf.Manifest:
+    return bf.decode_manifest(bytes.fromhex(result["manifest"][2:]))
+
+
+async def start(stack: Stack) -> bytes:
+    return bytes.fromhex((await stack.rpc("clave_recoveryStart", "0x" + bytes(16).hex()))["document"][2:])
+
+
+def contributions(stack: Stack, result: dict[str, Any], document: bytes, custodians: tuple[int, ...]) -> list[dict[str, Any]]:
+    manifest = manifest_of(result)
+    root = load_root(stack.root_pem)
+    return [contribute(result["shares"][i - 1], CUSTODIANS[i - 1], manifest, document, root,
+                       int(time.time() * 1000)) for i in custodians]
+
+
+async def finish(stack: Stack, result: dict[str, Any], shares: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(await stack.rpc("clave_recoveryFinish", {"manifest": result["manifest"], "payload": result["payload"],
+                                                         "shares": shares}))
+
+
+async def listed(stack: Stack) -> list[str]:
+    return sorted(a["address"] for a in await stack.rpc("clave_listAccounts"))
+
+
+async def signs(stack: Stack, address: str) -> bool:
+    signature = await stack.rpc("eth_sign", address, "0x" + b"after recovery".hex())
+    return bool(Account.recover_message(encode_defunct(b"after recovery"), signature=signature).lower() == address.lower())
+
+
+async def test_backup_on_one_datadir_recovers_on_a_fresh_one_from_custodians_1_and_3(tmp_path: Path) -> None:
+    imported_keys = [keccak(b"clave backup imported %d" % i) for i in range(2)]
+    async with running_stack(tmp_path / "old", admins=ADMINS) as old:
+        await old.rpc("clave_newAccount", {"count": 5})
+        for key in imported_keys:
+            await import_key(old, key)
+        original = await listed(old)
+        result = await backup(old)
+        old_arn = old.store.get_meta(META_KMS_KEY_ARN)
+        assert old.enclave.service is not None
+        plain_keys = [k.secret for k in old.enclave.service._keys]  # the enclave's own table, to search for
+    manifest = manifest_of(result)
+    assert len(original) == 7 and [("0x" + a.hex()) for a in manifest.accounts] == original
+    assert manifest.threshold == 2 and manifest.custodians == tuple(PUBLIC) and manifest.admin == ADMINS[0]
+    for i, custodian in enumerate(CUSTODIANS):  # `clave backup verify`, offline, each custodian
+        assert check_own_share(result["shares"][i], custodian, manifest) == i + 1
+
+    # The old datadir and its KMS key are gone; a new datadir gets a new KMS key and a new enclave.
+    async with running_stack(tmp_path / "new", admins=ADMINS) as new:
+        assert new.store.get_meta(META_KMS_KEY_ARN) != old_arn
+        document = await start(new)
+        shares = contributions(new, result, document, (1, 3))
+        recovered = await finish(new, result, shares)
+        assert sorted(recovered["accounts"]) == original == await listed(new)
+        for address in original:
+            assert await signs(new, address)
+        with pytest.raises(RpcFailure, match="no recovery started"):  # the recovery key was one-time
+            await finish(new, result, shares)
+        # The store holds them sealed under the new master key: a restarted enclave gets them back from
+        # the store alone (the sidecar's watch unseals again), without any share.
+        await new.enclave.restart()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert await signs(new, original[0])
+                break
+            except RpcFailure:
+                assert time.monotonic() < deadline, new.signer.status.last_error
+                await asyncio.sleep(0.1)
+        assert new.enclave.starts == 2 and await listed(new) == original
+
+    secrets = KnownSecrets()
+    for n, key in enumerate(plain_keys):
+        secrets.add("0x" + key.hex(), f"account key #{n}")
+    shamir_values = []
+    for i, custodian in enumerate(CUSTODIANS):
+        share = bf.open_share(custodian, bf.parse_sealed_share(result["shares"][i]), manifest.id, "custodian")
+        shamir_values.append(share.y.to_bytes(32, "big"))
+        secrets.add("0x" + share.y.to_bytes(32, "big").hex(), f"share {i + 1} value")
+    leaks = search(files_under(tmp_path), secrets)
+    assert leaks == [], [f"{leak.description} in {leak.where}" for leak in leaks]
+    assert len(secrets) == len(plain_keys) + 3
+
+
+async def test_refusals_leave_nothing_stored(tmp_path: Path) -> None:
+    async with running_stack(tmp_path / "old", admins=ADMINS) as old:
+        accounts = await old.rpc("clave_newAccount", {"count": 3})
+        with pytest.raises(RpcFailure, match="is not an admin"):
+            await backup(old, admin=STRANGER)
+        with pytest.raises(RpcFailure, match="unknown or already used challenge"):
+            await old.rpc("clave_backupCreate", {
+                "threshold": 2, "sequence": 1, "custodians": ["0x" + c.hex() for c in PUBLIC], "accounts": accounts,
+                "pcr0": "0x" + bytes(48).hex(), "challenge": "0x" + bytes(32).hex(), "signature": "0x" + bytes(65).hex()})
+        with pytest.raises(RpcFailure, match="threshold"):
+            await backup(old, threshold=4)
+        first = await backup(old)
+        other = await backup(old, sequence=2, accounts=accounts[:1])
+    manifest = manifest_of(first)
+
+    async with running_stack(tmp_path / "new", admins=ADMINS) as new:
+        document = await start(new)
+        share1, share3 = contributions(new, first, document, (1, 3))
+        with pytest.raises(RpcFailure, match="1 valid share\\(s\\) given, the backup needs 2"):
+            await finish(new, first, [share1])
+        # custodian 3 hands in a wrong value, correctly sealed: Feldman names it
+        recovery_key = bytes.fromhex(share3["recipient"])
+        real = bf.open_share(CUSTODIANS[2], bf.parse_sealed_share(first["shares"][2]), manifest.id, "custodian")
+        wrong = bf.seal_share(recovery_key, "recovery", manifest.id, dataclasses.replace(real, y=real.y ^ 1))
+        with pytest.raises(RpcFailure, match="share 3 does not match the backup's Feldman commitments"):
+            await finish(new, first, [share1, wrong])
+        flipped = dict(share3, ciphertext=share3["ciphertext"][:-2] + ("00" if share3["ciphertext"][-2:] != "00" else "01"))
+        with pytest.raises(RpcFailure, match="share 3 does not open"):
+            await finish(new, first, [share1, flipped])
+        foreign = contributions(new, other, document, (2,))[0]  # a share of another backup
+        with pytest.raises(RpcFailure, match="share 2 belongs to another backup"):
+            await finish(new, first, [share1, foreign])
+        with pytest.raises(RpcFailure, match="share 1 is given twice"):
+            await finish(new, first, [share1, share1])
+        repinned = dataclasses.replace(manifest, pcr0=bytes(range(48)))
+        with pytest.raises(RpcFailure, match="PCR0 is not the one the backup's manifest pins"):
+            await finish(new, {**first, "manifest": "0x" + repinned.encode().hex()}, [share1, share3])
+        assert await listed(new) == [] and new.store.records() == []
+
+        # An enclave measured from other code (same NSM PKI, so the chain holds): the custodian refuses.
+        elsewhere = tmp_path / "other-code"
+        elsewhere.mkdir()
+        (elsewhere / "patched.py").write_text("backdoor = True\n")
+        other_nsm = SoftwareNsm(new.root / "nsm", code_root=elsewhere)
+        assert other_nsm.pcrs[0] != manifest.pcr0
+        rogue_key = X25519PrivateKey.generate()
+        rogue = nsm_api.attestation(other_nsm, user_data=encode_user_data(bytes(32), recovery=bf.public_key_bytes(rogue_key)),
+                                    nonce=None, public_key=None)
+        with pytest.raises(CeremonyRefused, match="does not verify"):
+            contribute(first["shares"][0], CUSTODIANS[0], manifest, rogue, load_root(new.root_pem), int(time.time() * 1000))
+        with pytest.raises(CeremonyRefused, match="another PCR0"):  # the custodian's own pin disagrees
+            contribute(first["shares"][0], CUSTODIANS[0], manifest, document, load_root(new.root_pem),
+                       int(time.time() * 1000), pcr0=bytes(48))
+        # and the real ceremony still works after all that
+        recovered = await finish(new, first, [share3, share1])
+        assert sorted(recovered["accounts"]) == sorted(accounts)
+        assert len(new.store.records()) == 3
