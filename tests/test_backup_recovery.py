@@ -72,10 +72,12 @@ async def start(stack: Stack) -> bytes:
     return bytes.fromhex((await stack.rpc("clave_recoveryStart", "0x" + bytes(16).hex()))["document"][2:])
 
 
-def contributions(stack: Stack, result: dict[str, Any], document: bytes, custodians: tuple[int, ...]) -> list[dict[str, Any]]:
+def contributions(stack: Stack, result: dict[str, Any], document: bytes, custodians: tuple[int, ...],
+                  keys: list[X25519PrivateKey] = CUSTODIANS) -> list[dict[str, Any]]:
+    """What custodians `custodians` (1-based) do with `clave recovery contribute`."""
     manifest = manifest_of(result)
     root = load_root(stack.root_pem)
-    return [contribute(result["shares"][i - 1], CUSTODIANS[i - 1], manifest, document, root,
+    return [contribute(result["shares"][i - 1], keys[i - 1], manifest, document, root,
                        int(time.time() * 1000)) for i in custodians]
 
 
@@ -204,3 +206,56 @@ async def test_refusals_leave_nothing_stored(tmp_path: Path) -> None:
         recovered = await finish(new, first, [share3, share1])
         assert sorted(recovered["accounts"]) == sorted(accounts)
         assert len(new.store.records()) == 3
+
+
+async def test_rotation_voids_older_backups_at_the_custodians_tool(tmp_path: Path) -> None:
+    async with running_stack(tmp_path / "old", admins=ADMINS) as old:
+        await old.rpc("clave_newAccount", {"count": 2})
+        older, newer = await backup(old, sequence=4), await backup(old, sequence=5)
+    async with running_stack(tmp_path / "new", admins=ADMINS) as new:
+        document = await start(new)
+        root = load_root(new.root_pem)
+        with pytest.raises(CeremonyRefused, match="sequence 4\\) was superseded by sequence 5"):
+            contribute(older["shares"][0], CUSTODIANS[0], manifest_of(older), document, root, int(time.time() * 1000),
+                       min_sequence=5)
+        shares = [contribute(newer["shares"][i], CUSTODIANS[i], manifest_of(newer), document, root,
+                             int(time.time() * 1000), min_sequence=5) for i in (0, 1)]
+        assert len((await finish(new, newer, shares))["accounts"]) == 2
+
+
+def test_cli_custodian_new_pub_and_backup_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command functions in-process: a custodian key file (password-protected), its public half, and
+    `backup verify` on a directory holding a share for it (made here with the core functions)."""
+    from clave.cli.backup import write_backup
+    from clave.cli.main import build_parser
+    from clave.core import feldman, shamir
+
+    password_file = tmp_path / "pw"
+    password_file.write_text("custodian pw\n")
+
+    def run(*argv: str) -> str:
+        args = build_parser().parse_args(list(argv))
+        assert args.func(args) == 0
+        return capsys.readouterr().out
+
+    keyfile = tmp_path / "c.json"
+    run("custodian", "new", "--out", str(keyfile), "--password-file", str(password_file), "--scrypt-n", "1024")
+    public = bytes.fromhex(run("custodian", "pub", str(keyfile)).strip())
+    assert "custodian pw" not in keyfile.read_text() and len(public) == 32
+    with pytest.raises(SystemExit, match="already exists"):
+        run("custodian", "new", "--out", str(keyfile), "--password-file", str(password_file))
+    other = X25519PrivateKey.generate()
+    split = shamir.split(shamir.random_scalar(lambda n: keccak(b"cli")[:n]), 2, 2, lambda n: keccak(b"cli2")[:n])
+    key = bf.BackedUpKey(b"\x01" * 20, b"\x02" * 32, "generated", False)
+    payload = bf.encrypt_payload(split.coefficients[0], 1, [key], bytes(12))
+    manifest = bf.Manifest(1, 2, (bf.public_key_bytes(other), public), (key.address,), feldman.commit(split.coefficients),
+                           bytes(48), bf.payload_hash(payload), 0, bytes(20), bytes(65), bytes(32))
+    shares = [bf.seal_share(c, "custodian", manifest.id, s) for c, s in zip(manifest.custodians, split.shares, strict=True)]
+    write_backup(tmp_path / "b", {"manifest": "0x" + manifest.encode().hex(), "payload": "0x" + payload.hex(),
+                                  "shares": shares})
+    report = run("backup", "verify", str(tmp_path / "b"), "--custodian-key", str(keyfile), "--password-file", str(password_file))
+    assert "share 2 of 2-of-2 matches the Feldman commitments" in report and "payload matches" in report
+    password_file.write_text("wrong\n")
+    from clave.core.custodian import CustodianKeyError
+    with pytest.raises(CustodianKeyError, match="wrong password"):
+        run("backup", "verify", str(tmp_path / "b"), "--custodian-key", str(keyfile), "--password-file", str(password_file))

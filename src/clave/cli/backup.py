@@ -7,7 +7,7 @@
     clave backup verify DIR --custodian-key FILE --password-file P
     clave recovery start --out DOC                            # on the fresh datadir's running clave
     clave recovery contribute SHARE --custodian-key FILE --password-file P --attestation DOC
-                        --manifest DIR/manifest.cbor [--pcr0 HEX] [--root PEM] --out FILE
+                        --manifest DIR/manifest.cbor --root PEM [--pcr0 HEX] [--min-sequence N] --out FILE
     clave recovery finish SHARE_FOR_ENCLAVE … --backup DIR
 
 A backup directory holds `manifest.cbor` (public), `payload.bin` (the account keys, encrypted under the
@@ -45,11 +45,16 @@ class CeremonyRefused(RequestError):
 # -- library functions (tests and the benchmark call these) ------------------------------------------
 
 def contribute(sealed: Any, custodian_key: X25519PrivateKey, manifest: bf.Manifest, document: bytes,
-               root: x509.Certificate, now_ms: int, pcr0: bytes | None = None) -> dict[str, Any]:
+               root: x509.Certificate, now_ms: int, pcr0: bytes | None = None, min_sequence: int = 0) -> dict[str, Any]:
     """Check the recovering enclave's attestation document (chain to `root`, PCR0 = the manifest's pin, and
     the custodian's own `pcr0` pin when given, a recovery key in user_data), check the share against the
-    manifest's commitments, and re-seal it to the recovery key."""
+    manifest's commitments, and re-seal it to the recovery key. A custodian who holds shares of a later
+    backup (rotation) passes its sequence as `min_sequence`: shares of older backups are then void."""
     from clave.sidecar.trust.attestation import AttestationError, PcrPolicy, verify_attestation
+
+    if manifest.sequence < min_sequence:
+        raise CeremonyRefused(f"refused: this backup (sequence {manifest.sequence}) was superseded by "
+                              f"sequence {min_sequence}; contribute your share of the newer backup")
 
     if pcr0 is not None and pcr0 != manifest.pcr0:
         raise CeremonyRefused("refused: the manifest pins another PCR0 than the one you expect (--pcr0)")
@@ -247,7 +252,7 @@ def cmd_recovery_contribute(args: argparse.Namespace) -> int:
     root = load_root(Path(args.root).read_bytes())
     pcr0 = _parse_hex(args.pcr0, 48, "--pcr0") if args.pcr0 else None
     result = contribute(_json_file(args.share, "share"), _custodian_key(args), manifest,
-                        Path(args.attestation).read_bytes(), root, int(time.time() * 1000), pcr0)
+                        Path(args.attestation).read_bytes(), root, int(time.time() * 1000), pcr0, args.min_sequence)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"share {result['index']} re-sealed to the attested recovery key: {out}")
     return 0
@@ -317,6 +322,8 @@ def add_backup_commands(subparsers: Any) -> None:
     contrib.add_argument("--manifest", required=True)
     contrib.add_argument("--root", required=True, help="attestation root PEM (AWS Nitro Root-G1)")
     contrib.add_argument("--pcr0", default=None, help="the PCR0 you expect (must equal the manifest's pin)")
+    contrib.add_argument("--min-sequence", type=int, default=0,
+                         help="refuse backups older than this sequence (the newest backup you hold a share of)")
     contrib.add_argument("--out", required=True)
     contrib.set_defaults(func=cmd_recovery_contribute)
     finish = recovery.add_parser("finish", help="hand K re-sealed shares to the enclave")

@@ -40,8 +40,9 @@ from clave.enclave.state import EnclaveState
 
 CHALLENGE_TTL = 300
 MAX_CHALLENGES = 64
-# The reply (payload ~70 bytes per key) must stay under the link's 4 MiB frame limit.
-MAX_BACKUP_ACCOUNTS = 40_000
+# The replies (payload ~70 bytes per key; recovery: a sealed record, ~130 bytes, per key) must stay under
+# the link's 4 MiB frame limit: back up larger sets as several backups (--account).
+MAX_BACKUP_ACCOUNTS = 20_000
 Handler = Any
 
 
