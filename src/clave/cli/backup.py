@@ -9,6 +9,7 @@
     clave recovery contribute SHARE --custodian-key FILE --password-file P --attestation DOC
                         --manifest DIR/manifest.cbor --root PEM [--pcr0 HEX] [--min-sequence N] --out FILE
     clave recovery finish SHARE_FOR_ENCLAVE … --backup DIR
+    clave store export --out FILE / clave store import FILE   # sealed records only; same KMS key
 
 A backup directory holds `manifest.cbor` (public), `payload.bin` (the account keys, encrypted under the
 backup secret) and `share-<i>.json` (share i, HPKE-sealed to custodian i): hand each custodian its share
@@ -33,7 +34,7 @@ from clave.core import feldman
 from clave.core.custodian import custodian_public, decrypt_custodian_key, encrypt_custodian_key
 from clave.core.errors import RequestError
 from clave.core.provenance import ProvenanceError, decode_recovery
-from clave.sidecar.secretfiles import write_new_private
+from clave.sidecar.secretfiles import write_new_private, write_private
 
 DOCUMENT_MAX_AGE_MS = 24 * 3600 * 1000  # a ceremony may take a day; the recovery key lives for one boot
 
@@ -275,6 +276,47 @@ def cmd_recovery_finish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store(args: argparse.Namespace) -> Any:
+    from clave.sidecar.store.records import SqliteStore
+
+    return SqliteStore(Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite")
+
+
+def cmd_store_export(args: argparse.Namespace) -> int:
+    from clave.sidecar.store.transfer import export_store
+
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"clave: {out}: already exists; refusing to overwrite")
+    store = _store(args)
+    try:
+        data = export_store(store)
+    finally:
+        store.close()
+    write_private(out, data, replace=False)
+    print(f"Exported the sealed store to {out} ({len(data):,} bytes; ciphertext only, opens with the same KMS key)")
+    return 0
+
+
+def cmd_store_import(args: argparse.Namespace) -> int:
+    from clave.cli.client import ipc_path
+    from clave.sidecar.store.transfer import import_store
+
+    if ipc_path(args).exists():
+        raise SystemExit(f"clave: {ipc_path(args)} exists: stop clave on this datadir before importing a store")
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"clave: {args.file}: cannot read: {exc.strerror}") from None
+    store = _store(args)
+    try:
+        count = import_store(store, data)
+    finally:
+        store.close()
+    print(f"Imported {count} sealed records; start clave on this datadir (the same KMS key must release its data key)")
+    return 0
+
+
 def add_backup_commands(subparsers: Any) -> None:
     """Add `clave custodian|backup|recovery …` to the `clave` parser's subcommands."""
     custodian = subparsers.add_parser("custodian", help="custodian keys for backup shares").add_subparsers(
@@ -307,6 +349,17 @@ def add_backup_commands(subparsers: Any) -> None:
     verify.add_argument("--custodian-key", required=True)
     verify.add_argument("--password-file", required=True)
     verify.set_defaults(func=cmd_backup_verify)
+
+    store = subparsers.add_parser("store", help="move the sealed store (ciphertext only)").add_subparsers(
+        dest="store_command", required=True)
+    export = store.add_parser("export", help="write the sealed records and KMS-wrapped data key to a file")
+    add_common_options(export)
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_store_export)
+    imp = store.add_parser("import", help="fill a new datadir's store from an export (clave stopped)")
+    add_common_options(imp)
+    imp.add_argument("file")
+    imp.set_defaults(func=cmd_store_import)
 
     recovery = subparsers.add_parser("recovery", help="recover a backup into a fresh enclave").add_subparsers(
         dest="recovery_command", required=True)
