@@ -202,6 +202,13 @@ async def test_refusals_leave_nothing_stored(tmp_path: Path) -> None:
         with pytest.raises(CeremonyRefused, match="another PCR0"):  # the custodian's own pin disagrees
             contribute(first["shares"][0], CUSTODIANS[0], manifest, document, load_root(new.root_pem),
                        int(time.time() * 1000), pcr0=bytes(48))
+        with pytest.raises(CeremonyRefused, match="master key comes from KMS key .* not arn:aws:kms:eu-west-1"):
+            contribute(first["shares"][0], CUSTODIANS[0], manifest, document, load_root(new.root_pem),
+                       int(time.time() * 1000), kms_key_arn="arn:aws:kms:eu-west-1:111122223333:key/other")
+        attested_arn = new.store.get_meta(META_KMS_KEY_ARN)
+        assert attested_arn is not None
+        contribute(first["shares"][0], CUSTODIANS[0], manifest, document, load_root(new.root_pem),
+                   int(time.time() * 1000), kms_key_arn=attested_arn.decode())
         # and the real ceremony still works after all that
         recovered = await finish(new, first, [share3, share1])
         assert sorted(recovered["accounts"]) == sorted(accounts)

@@ -7,7 +7,8 @@
     clave backup verify DIR --custodian-key FILE --password-file P
     clave recovery start --out DOC                            # on the fresh datadir's running clave
     clave recovery contribute SHARE --custodian-key FILE --password-file P --attestation DOC
-                        --manifest DIR/manifest.cbor --root PEM [--pcr0 HEX] [--min-sequence N] --out FILE
+                        --manifest DIR/manifest.cbor --root PEM [--pcr0 HEX] [--kms-key-arn ARN]
+                        [--min-sequence N] --out FILE
     clave recovery finish SHARE_FOR_ENCLAVE … --backup DIR
     clave store export --out FILE / clave store import FILE   # sealed records only; same KMS key
 
@@ -33,7 +34,7 @@ from clave.core import backup_format as bf
 from clave.core import feldman
 from clave.core.custodian import custodian_public, decrypt_custodian_key, encrypt_custodian_key
 from clave.core.errors import RequestError
-from clave.core.provenance import ProvenanceError, decode_recovery
+from clave.core.provenance import ProvenanceError, decode_kms, decode_recovery
 from clave.sidecar.secretfiles import write_new_private, write_private
 
 DOCUMENT_MAX_AGE_MS = 24 * 3600 * 1000  # a ceremony may take a day; the recovery key lives for one boot
@@ -46,11 +47,13 @@ class CeremonyRefused(RequestError):
 # -- library functions (tests and the benchmark call these) ------------------------------------------
 
 def contribute(sealed: Any, custodian_key: X25519PrivateKey, manifest: bf.Manifest, document: bytes,
-               root: x509.Certificate, now_ms: int, pcr0: bytes | None = None, min_sequence: int = 0) -> dict[str, Any]:
+               root: x509.Certificate, now_ms: int, pcr0: bytes | None = None, min_sequence: int = 0,
+               kms_key_arn: str | None = None) -> dict[str, Any]:
     """Check the recovering enclave's attestation document (chain to `root`, PCR0 = the manifest's pin, and
     the custodian's own `pcr0` pin when given, a recovery key in user_data), check the share against the
     manifest's commitments, and re-seal it to the recovery key. A custodian who holds shares of a later
-    backup (rotation) passes its sequence as `min_sequence`: shares of older backups are then void."""
+    backup (rotation) passes its sequence as `min_sequence`: shares of older backups are then void. With
+    `kms_key_arn`, the recovering enclave must attest that its master key came from that KMS key."""
     from clave.sidecar.trust.attestation import AttestationError, PcrPolicy, verify_attestation
 
     if manifest.sequence < min_sequence:
@@ -66,8 +69,12 @@ def contribute(sealed: Any, custodian_key: X25519PrivateKey, manifest: bf.Manife
         raise CeremonyRefused(f"refused: the recovering enclave's attestation does not verify: {exc}") from None
     try:
         recovery = decode_recovery(verified.user_data)
+        attested_kms = decode_kms(verified.user_data)
     except ProvenanceError as exc:
         raise CeremonyRefused(f"refused: {exc.message}") from None
+    if kms_key_arn is not None and attested_kms != kms_key_arn:
+        raise CeremonyRefused(f"refused: the recovering enclave's master key comes from KMS key {attested_kms}, "
+                              f"not {kms_key_arn}")
     if recovery is None:
         raise CeremonyRefused("refused: the attestation document carries no recovery key (run `clave recovery start`)")
     share_doc = bf.parse_sealed_share(sealed)
@@ -253,7 +260,8 @@ def cmd_recovery_contribute(args: argparse.Namespace) -> int:
     root = load_root(Path(args.root).read_bytes())
     pcr0 = _parse_hex(args.pcr0, 48, "--pcr0") if args.pcr0 else None
     result = contribute(_json_file(args.share, "share"), _custodian_key(args), manifest,
-                        Path(args.attestation).read_bytes(), root, int(time.time() * 1000), pcr0, args.min_sequence)
+                        Path(args.attestation).read_bytes(), root, int(time.time() * 1000), pcr0, args.min_sequence,
+                        args.kms_key_arn)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"share {result['index']} re-sealed to the attested recovery key: {out}")
     return 0
@@ -375,6 +383,8 @@ def add_backup_commands(subparsers: Any) -> None:
     contrib.add_argument("--manifest", required=True)
     contrib.add_argument("--root", required=True, help="attestation root PEM (AWS Nitro Root-G1)")
     contrib.add_argument("--pcr0", default=None, help="the PCR0 you expect (must equal the manifest's pin)")
+    contrib.add_argument("--kms-key-arn", default=None,
+                         help="require the recovering enclave's master key to come from this KMS key (attested)")
     contrib.add_argument("--min-sequence", type=int, default=0,
                          help="refuse backups older than this sequence (the newest backup you hold a share of)")
     contrib.add_argument("--out", required=True)
