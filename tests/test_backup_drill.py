@@ -24,7 +24,7 @@ from clave.core import shamir
 from clave.core.custodian import decrypt_custodian_key
 from tests.clients import import_key, send_and_mine
 from tests.secrets_search import KnownSecrets, files_under, search
-from tests.stack import Admin, Anvil, ClaveProcess
+from tests.stack import Admin, Anvil, ClaveProcess, get_text
 
 pytestmark = pytest.mark.slow
 CHAIN = 31337
@@ -122,6 +122,8 @@ def test_drill_50_accounts_2_of_3_recover_from_custodians_1_and_3(tmp_path: Path
                                                   "value": "0x1", "nonce": nonce, "chainId": hex(CHAIN)})
             receipt = send_and_mine(anvil, raw)
             assert receipt["status"] == "0x1" and receipt["from"].lower() == address.lower()
+        status, metrics = get_text(new.url + "/metrics")
+        assert status == 200 and "clave_" in metrics
     finally:
         new.stop()
     new_kms_keys = {p.name for p in (new.datadir / "kms" / "keys").glob("*.json")}
@@ -145,7 +147,7 @@ def test_drill_50_accounts_2_of_3_recover_from_custodians_1_and_3(tmp_path: Path
         secrets.add("0x" + k.secret.hex(), f"account key #{n}")
     secrets.add(CUSTODIAN_PASSWORD, "custodian password")
     haystack = old_haystack + [("new clave up output", "".join(new.output).encode()),
-                               ("CLI outputs", "\n".join(outputs).encode())]
+                               ("CLI outputs", "\n".join(outputs).encode()), ("new /metrics", metrics.encode())]
     haystack += files_under(new.datadir, relative_to=tmp_path) + files_under(backup_dir, relative_to=tmp_path)
     haystack += [(p, (tmp_path / p).read_bytes()) for p in ("recovery.doc", "for-enclave-1.json", "for-enclave-3.json")]
     leaks = search(haystack, secrets)

@@ -173,7 +173,8 @@ async def test_refusals_leave_nothing_stored(tmp_path: Path) -> None:
         recovery_key = bytes.fromhex(share3["recipient"])
         real = bf.open_share(CUSTODIANS[2], bf.parse_sealed_share(first["shares"][2]), manifest.id, "custodian")
         wrong = bf.seal_share(recovery_key, "recovery", manifest.id, dataclasses.replace(real, y=real.y ^ 1))
-        with pytest.raises(RpcFailure, match="share 3 does not match the backup's Feldman commitments"):
+        with pytest.raises(RpcFailure, match=f"share 3 does not match the backup's Feldman commitments .*; custodian 3 "
+                                             f"\\(key {PUBLIC[2].hex()[:16]}…\\)"):
             await finish(new, first, [share1, wrong])
         flipped = dict(share3, ciphertext=share3["ciphertext"][:-2] + ("00" if share3["ciphertext"][-2:] != "00" else "01"))
         with pytest.raises(RpcFailure, match="share 3 does not open"):

@@ -181,7 +181,8 @@ class Backups:
             try:
                 feldman.check_share(manifest.commitments, share)
             except feldman.FeldmanError as exc:
-                raise BackupRefused(f"recovery refused: {exc}") from None
+                custodian = manifest.custodians[share.x - 1].hex()[:16] if share.x <= len(manifest.custodians) else "?"
+                raise BackupRefused(f"recovery refused: {exc}; custodian {share.x} (key {custodian}…)") from None
             if share.x in shares:
                 raise BackupRefused(f"recovery refused: share {share.x} is given twice")
             shares[share.x] = share
