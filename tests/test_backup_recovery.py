@@ -216,6 +216,13 @@ async def test_refusals_leave_nothing_stored(tmp_path: Path) -> None:
         assert len(new.store.records()) == 3
 
 
+async def test_without_an_admin_set_backup_is_refused_with_the_remedy(tmp_path: Path) -> None:
+    async with running_stack(tmp_path) as stack:
+        await stack.rpc("clave_newAccount", {"count": 1})
+        with pytest.raises(RpcFailure, match="backup refused: this enclave has no admin set .*clave admin init"):
+            await stack.rpc("clave_backupChallenge")
+
+
 async def test_rotation_voids_older_backups_at_the_custodians_tool(tmp_path: Path) -> None:
     async with running_stack(tmp_path / "old", admins=ADMINS) as old:
         await old.rpc("clave_newAccount", {"count": 2})

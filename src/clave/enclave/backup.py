@@ -33,6 +33,7 @@ from clave.core.errors import InvalidParams, RequestError
 from clave.core.eth.messages import text_hash
 from clave.core.eth.secp256k1 import address_of, recover_address
 from clave.core.provenance import encode_user_data
+from clave.enclave.admins import NoAdminSet
 from clave.enclave.keys import KeyTable, key_from_secret
 from clave.enclave.nitro import nsm as nsm_api
 from clave.enclave.sealing import RecordMeta, seal
@@ -79,8 +80,17 @@ class Backups:
 
     # -- backup ----------------------------------------------------------------------------------
 
+    def _admins(self) -> tuple[bytes, ...]:
+        try:
+            return self.state.admin_set.require()
+        except NoAdminSet:
+            raise NoAdminSet(
+                "backup refused: this enclave has no admin set (make one: `clave up --admin 0xADDR` on a new "
+                "datadir, or `clave admin init --admin 0xADDR` once, then restart the enclave)"
+            ) from None
+
     def backup_challenge(self, params: dict[str, Any]) -> dict[str, Any]:
-        self.state.admin_set.require()
+        self._admins()
         challenge = os.urandom(32)
         with self._lock:
             self._challenges[challenge] = self.state.clock() + CHALLENGE_TTL
@@ -89,7 +99,7 @@ class Backups:
         return {"challenge": challenge, "pcr0": self._pcr0()}
 
     def _authorize(self, digest: bytes, challenge: Any, signature: Any) -> bytes:
-        admins = self.state.admin_set.require()
+        admins = self._admins()
         if not isinstance(challenge, bytes) or not isinstance(signature, bytes) or len(signature) != 65:
             raise BackupRefused("backup refused: it needs an admin's signature over a backup challenge")
         with self._lock:
