@@ -62,6 +62,7 @@ class Backups:
         self._challenges: OrderedDict[bytes, float] = OrderedDict()
         self._recovery: X25519PrivateKey | None = None
         self._lock = threading.Lock()
+        self._finish_lock = threading.Lock()
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -171,6 +172,10 @@ class Backups:
         return {"document": document, "recovery_key": public}
 
     def recovery_finish(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._finish_lock:  # two finishes at once must not both pass the duplicate check
+            return self._recovery_finish(params)
+
+    def _recovery_finish(self, params: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             recovery = self._recovery
         if recovery is None:
