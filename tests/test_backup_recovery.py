@@ -160,6 +160,10 @@ async def test_refusals_leave_nothing_stored(tmp_path: Path) -> None:
                 "pcr0": "0x" + bytes(48).hex(), "challenge": "0x" + bytes(32).hex(), "signature": "0x" + bytes(65).hex()})
         with pytest.raises(RpcFailure, match="threshold"):
             await backup(old, threshold=4)
+        with pytest.raises(RpcFailure, match="recipient: not a usable X25519 public key"):  # a low-order point
+            await backup(old, custodians=[bytes(32), *PUBLIC[1:]])
+        with pytest.raises(RpcFailure, match="unknown account"):
+            await backup(old, accounts=[*accounts, "0x" + "ab" * 20])
         first = await backup(old)
         other = await backup(old, sequence=2, accounts=accounts[:1])
     manifest = manifest_of(first)

@@ -189,7 +189,10 @@ def seal_share(recipient: bytes, purpose: str, manifest_id: bytes, share: Share)
         public = X25519PublicKey.from_public_bytes(recipient)
     except ValueError:
         raise BackupFormatError("recipient: not a 32-byte X25519 public key") from None
-    ciphertext = SUITE.encrypt(encode_share(manifest_id, share), public, info=_info(purpose, manifest_id, share.x))
+    try:
+        ciphertext = SUITE.encrypt(encode_share(manifest_id, share), public, info=_info(purpose, manifest_id, share.x))
+    except ValueError:  # e.g. a low-order point: the shared secret would be all zeros
+        raise BackupFormatError("recipient: not a usable X25519 public key") from None
     return {"v": VERSION, "kind": "clave-backup-share", "purpose": purpose, "manifest_id": manifest_id.hex(),
             "index": share.x, "recipient": recipient.hex(), "ciphertext": ciphertext.hex()}
 

@@ -117,10 +117,8 @@ class Backups:
         return signer
 
     def backup_create(self, params: dict[str, Any]) -> dict[str, Any]:
-        threshold, sequence = params.get("threshold"), params.get("sequence")
+        threshold, sequence = _int(params, "threshold"), _int(params, "sequence")
         custodians, accounts, pcr0 = params.get("custodians"), params.get("accounts"), params.get("pcr0")
-        if not isinstance(threshold, int) or not isinstance(sequence, int) or sequence < 0:
-            raise InvalidParams("threshold and sequence: expected integers")
         if not isinstance(custodians, list) or not all(isinstance(c, bytes) and len(c) == 32 for c in custodians):
             raise InvalidParams("custodians: expected a list of 32-byte X25519 public keys")
         if len(set(custodians)) != len(custodians):
@@ -140,9 +138,10 @@ class Backups:
             raise InvalidParams(str(exc)) from None
         loaded = [self.keys.get(a) for a in accounts]  # unknown account: refused before anything is made
         digest = bf.request_digest(sequence, threshold, custodians, accounts, pcr0)
-        challenge = params.get("challenge")
-        admin = self._authorize(digest, challenge, params.get("signature"))
-        assert isinstance(challenge, bytes)
+        challenge, signature = params.get("challenge"), params.get("signature")
+        admin = self._authorize(digest, challenge, signature)
+        if not isinstance(challenge, bytes) or not isinstance(signature, bytes):  # (_authorize refused those)
+            raise InvalidParams("challenge and signature: expected bytes")
         self.state.master()  # a backup is made only by an enclave that holds the store's key
         secret = shamir.random_scalar(self._random)
         split = shamir.split(secret, threshold, len(custodians), self._random)
@@ -150,7 +149,7 @@ class Backups:
         entries = [bf.BackedUpKey(k.address, k.secret, k.origin, k.exportable) for k in loaded]
         payload = bf.encrypt_payload(secret, sequence, entries, self._random(12))
         manifest = bf.Manifest(sequence, threshold, tuple(custodians), tuple(accounts), commitments, pcr0,
-                               bf.payload_hash(payload), self.state.now(), admin, params["signature"], challenge)
+                               bf.payload_hash(payload), self.state.now(), admin, signature, challenge)
         mid = manifest.id
         shares = [bf.seal_share(c, "custodian", mid, s) for c, s in zip(custodians, split.shares, strict=True)]
         return {"manifest": manifest.encode(), "manifest_id": mid, "payload": payload, "shares": shares}
@@ -164,7 +163,7 @@ class Backups:
         self.state.master()  # recovered keys are sealed under this boot's master key: it must be loaded
         with self._lock:
             if self._recovery is None:
-                self._recovery = X25519PrivateKey.generate()
+                self._recovery = X25519PrivateKey.from_private_bytes(self._random(32))  # NSM ⊕ kernel
             public = bf.public_key_bytes(self._recovery)
         user_data = encode_user_data(self.state.commitment, self.state.admin_set.hash, kms=self.state.kms_key_arn,
                                      recovery=public)
@@ -226,6 +225,13 @@ class Backups:
         with self._lock:
             self._recovery = None  # one-time: a later ceremony needs a new start (and a new document)
         return {"records": records, "manifest_id": mid, "sequence": manifest.sequence}
+
+
+def _int(params: dict[str, Any], name: str) -> int:
+    value = params.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidParams(f"{name}: expected a non-negative integer")
+    return value
 
 
 def _signer(message: bytes, signature: bytes) -> bytes | None:
