@@ -103,6 +103,7 @@ def test_drill_50_accounts_2_of_3_recover_from_custodians_1_and_3(tmp_path: Path
                                      "--custodian-key", str(custodian_files[i - 1]), "--password-file", str(password_file),
                                      "--attestation", str(document), "--manifest", str(backup_dir / "manifest.cbor"),
                                      "--root", str(new.datadir / "nsm" / "root.pem"), "--out", str(out)))
+            assert f"share {i} of backup" in outputs[-1] and "PCR0" in outputs[-1] and "is the manifest's pin" in outputs[-1]
             contributed.append(str(out))
         fewer = subprocess.run([sys.executable, "-m", "clave.cli", "recovery", "finish", contributed[0], "--backup",
                                 str(backup_dir), "--datadir", str(new.datadir)], capture_output=True, text=True, timeout=120)

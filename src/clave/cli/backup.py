@@ -251,7 +251,7 @@ def cmd_recovery_start(args: argparse.Namespace) -> int:
 
 
 def cmd_recovery_contribute(args: argparse.Namespace) -> int:
-    from clave.sidecar.trust.attestation import load_root
+    from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
 
     out = Path(args.out)
     if out.exists():
@@ -259,11 +259,17 @@ def cmd_recovery_contribute(args: argparse.Namespace) -> int:
     manifest = load_manifest(Path(args.manifest))
     root = load_root(Path(args.root).read_bytes())
     pcr0 = _parse_hex(args.pcr0, 48, "--pcr0") if args.pcr0 else None
-    result = contribute(_json_file(args.share, "share"), _custodian_key(args), manifest,
-                        Path(args.attestation).read_bytes(), root, int(time.time() * 1000), pcr0, args.min_sequence,
-                        args.kms_key_arn)
+    document = Path(args.attestation).read_bytes()
+    now_ms = int(time.time() * 1000)
+    result = contribute(_json_file(args.share, "share"), _custodian_key(args), manifest, document, root, now_ms,
+                        pcr0, args.min_sequence, args.kms_key_arn)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"share {result['index']} re-sealed to the attested recovery key: {out}")
+    verified = verify_attestation(document, root=root, now_ms=now_ms, max_age_ms=DOCUMENT_MAX_AGE_MS,
+                                  pcr_policy=PcrPolicy(expected={0: manifest.pcr0}))
+    print(f"checked: the document chains to the root, PCR0 {manifest.pcr0.hex()} is the manifest's pin, "
+          f"the enclave's master key comes from KMS key {decode_kms(verified.user_data)}, "
+          f"recovery key {result['recipient']}")
+    print(f"share {result['index']} of backup {manifest.id.hex()} (sequence {manifest.sequence}) re-sealed to it: {out}")
     return 0
 
 
