@@ -60,9 +60,7 @@ def export_message(address: bytes, challenge: bytes) -> bytes:
 MAX_ARN = 2048
 
 
-def encode_user_data(
-    master: bytes | None, admins: bytes | None = None, *, kms: str | None = None, recovery: bytes | None = None
-) -> bytes | None:
+def encode_user_data(master: bytes | None, admins: bytes | None = None, *, kms: str | None = None, recovery: bytes | None = None) -> bytes | None:
     """The `user_data` an enclave holding a key with commitment `master` (released by the KMS key `kms`,
     and an admin set with hash `admins`) attests to (None: no key yet)."""
     if master is None:
