@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli.backup import add_backup_commands
 from clave.cli.client import (
     add_client_options,
     add_common_options,
@@ -631,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
     pol.set_defaults(func=cmd_kms_policy)
     add_validator_commands(sub)
+    add_backup_commands(sub)  # custodian, backup, recovery (cli/backup.py)
     return parser
 
 

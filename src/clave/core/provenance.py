@@ -13,7 +13,9 @@ nothing about the key, and the same key always gives the same commitment (boot a
 enclave holds an operator admin set (export authorization), the map also has `"admins": <32 bytes>`, the
 `admin_set_hash` of it. `"kms"` is the ARN of the KMS key that released the master key: the enclave reads
 it from KMS's answer inside its own TLS session (`enclave/kms.py`), so the parent cannot choose it; the
-sidecar pins it (store meta `kms_key_arn`) and `clave attest` shows it.
+sidecar pins it (store meta `kms_key_arn`) and `clave attest` shows it. `"recovery"` (only in the document
+`recovery_start` returns) is the enclave's one-time X25519 recovery key (`enclave/backup.py`): custodians
+seal their backup shares to it after checking the document.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def export_message(address: bytes, challenge: bytes) -> bytes:
 MAX_ARN = 2048
 
 
-def encode_user_data(master: bytes | None, admins: bytes | None = None, *, kms: str | None = None) -> bytes | None:
+def encode_user_data(master: bytes | None, admins: bytes | None = None, *, kms: str | None = None, recovery: bytes | None = None) -> bytes | None:
     """The `user_data` an enclave holding a key with commitment `master` (released by the KMS key `kms`,
     and an admin set with hash `admins`) attests to (None: no key yet)."""
     if master is None:
@@ -70,7 +72,18 @@ def encode_user_data(master: bytes | None, admins: bytes | None = None, *, kms: 
         value["admins"] = admins
     if kms is not None:
         value["kms"] = kms
+    if recovery is not None:
+        value["recovery"] = recovery
     return cbor2.dumps(value)
+
+
+def decode_recovery(user_data: bytes | None) -> bytes | None:
+    """The one-time X25519 recovery key (32 bytes) in `user_data`, or None."""
+    value = _decode(user_data)
+    recovery = None if value is None else value.get("recovery")
+    if recovery is not None and (not isinstance(recovery, bytes) or len(recovery) != 32):
+        raise ProvenanceError("attestation user_data: recovery must be a 32-byte X25519 key")
+    return recovery
 
 
 def decode_kms(user_data: bytes | None) -> str | None:

@@ -18,6 +18,7 @@ from clave.core.errors import InvalidParams, MethodNotFound, RequestError
 from clave.core.eth import clique, messages, transactions, typed_data
 from clave.enclave import kdf_pool, kms
 from clave.enclave.admins import parse_admins, seal_admins, unseal_admins
+from clave.enclave.backup import backup_handlers
 from clave.enclave.keyfile import decrypt_keyfile, encrypt_keyfile
 from clave.enclave.keys import KeyTable, LoadedKey, generate_secrets
 from clave.enclave.kms_tls import KmsTransport
@@ -75,6 +76,7 @@ class EnclaveService:
             "sign_clique": self.sign_clique,
         }
         self.handlers.update(validator_handlers(self.state))  # go-opera/sonic validator keys
+        self.handlers.update(backup_handlers(self.state, self._keys))  # backup and recovery (enclave/backup.py)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.observe.metrics import Metrics
 from clave.sidecar.rpc.admin import admin_methods
+from clave.sidecar.rpc.backup import backup_methods
 from clave.sidecar.rpc.clef import clef_methods
 from clave.sidecar.rpc.dispatch import CallContext, Method
 from clave.sidecar.rpc.eth import eth_methods
@@ -32,4 +33,5 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         **eth_methods(sign, config.chain_ids, config.tx_fee_cap_wei, signtx_result=config.eth_signtx_result),
         **admin_methods(signer),
         **opera_methods(signer),
+        **backup_methods(signer),
     }
