@@ -53,9 +53,12 @@ def export_message(address: bytes, challenge: bytes) -> bytes:
     return f"clave: authorize export of 0x{address.hex()} (challenge 0x{challenge.hex()})".encode()
 
 
-def encode_user_data(master: bytes | None, admins: bytes | None = None) -> bytes | None:
+def encode_user_data(
+    master: bytes | None, admins: bytes | None = None, *, policy: dict[str, Any] | None = None
+) -> bytes | None:
     """The `user_data` an enclave holding a key with commitment `master` (and an admin set with hash
-    `admins`) attests to (None: no key yet)."""
+    `admins`) attests to (None: no key yet). `policy`: the custody state (threshold "k", sequence "seq",
+    "frozen", and the policy "hash" when one is in force; enclave/policy.py)."""
     if master is None:
         return None
     if len(master) != COMMITMENT_SIZE:
@@ -63,7 +66,18 @@ def encode_user_data(master: bytes | None, admins: bytes | None = None) -> bytes
     value: dict[str, Any] = {"v": USER_DATA_VERSION, "master": master}
     if admins is not None:
         value["admins"] = admins
+    if policy is not None:
+        value["policy"] = policy
     return cbor2.dumps(value)
+
+
+def decode_policy(user_data: bytes | None) -> dict[str, Any] | None:
+    """The custody state in `user_data` ("policy": k, seq, frozen, hash), or None without an admin set."""
+    value = _decode(user_data)
+    policy = value.get("policy") if value is not None else None
+    if policy is not None and not isinstance(policy, dict):
+        raise ProvenanceError("attestation user_data: policy must be a map")
+    return policy
 
 
 def decode_admins(user_data: bytes | None) -> bytes | None:

@@ -38,6 +38,7 @@ class EnclaveState:
         self.master_key: bytes | None = None
         self.commitment: bytes | None = None  # master_commitment(master_key), attested in user_data
         self.admin_set = AdminSet()  # who may authorize exports; its hash is attested too
+        self.policy_summary: Callable[[], dict[str, Any] | None] = lambda: None  # enclave/policy.py
 
     @property
     def ready(self) -> bool:
@@ -67,7 +68,7 @@ class EnclaveState:
 
     def user_data(self) -> bytes | None:
         """What attestation documents carry in user_data: the master-key commitment, once a key is loaded."""
-        return encode_user_data(self.commitment, self.admin_set.hash)
+        return encode_user_data(self.commitment, self.admin_set.hash, policy=self.policy_summary())
 
     def random(self, count: int) -> bytes:
         """`count` bytes from the NSM's random source."""

@@ -35,6 +35,7 @@ class SidecarConfig:
     http_workers: int = 1  # processes serving HTTP on one port (SO_REUSEPORT); the first also does IPC
     http_read_timeout: float = 30.0  # seconds for a request's headers (from connect) and for its body
     admins: list[bytes] = field(default_factory=list)  # `--admin`: the export admin set of a new datadir
+    admin_threshold: int = 1  # `--admin-threshold`: admin signatures a custody change needs (K of N)
 
     @property
     def metrics_dir(self) -> Path:

@@ -114,6 +114,19 @@ class Sidecar:
         self.store.close()
 
 
+def _custody_health(custody: dict[str, Any], error: str) -> dict[str, object] | None:
+    if not custody and not error:
+        return None
+    policy_hash = custody.get("policy_hash")
+    return {
+        "threshold": custody.get("threshold"),
+        "sequence": custody.get("sequence"),
+        "frozen": custody.get("frozen"),
+        "policy_hash": "0x" + bytes(policy_hash).hex() if policy_hash else None,
+        "record_refused": error or None,
+    }
+
+
 def build_sidecar(
     config: SidecarConfig,
     sealing: SealingProvider | None,
@@ -148,8 +161,10 @@ def build_sidecar(
             provision_key=provision_key,
             repin_key=repin_key,
             admins=list(config.admins),
+            admin_threshold=config.admin_threshold,
         )
     signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
+    signer.on_denied = lambda rule: metrics.policy_denials.labels(rule).inc()
     methods = build_methods(signer, config, metrics)
 
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
@@ -211,6 +226,8 @@ def build_sidecar(
             # Who may authorize keyfile exports (sealed by the enclave under the master key).
             "admins": ["0x" + a.hex() for a in status.admins],
             "admins_pending": status.admins_pending,
+            # The custody policy in force (enclave/policy.py): its hash, sequence, freeze, denials by rule.
+            "custody": _custody_health(status.custody, status.custody_error),
             "last_error": status.last_error or None,
         }
         return (200 if ready else 503), body

@@ -34,6 +34,9 @@ class Metrics:
         )
         self.signatures = Counter("clave_signatures", "Signatures made, by kind", ["kind"], registry=r)
         self.refusals = Counter("clave_refusals", "Requests refused, by reason", ["reason"], registry=r)
+        self.policy_denials = Counter(
+            "clave_policy_denials", "Requests the enclave's custody policy denied, by rule", ["rule"], registry=r
+        )
         self.kms_calls = Counter("clave_kms_calls", "KMS calls by operation and outcome", ["operation", "outcome"], registry=r)
         # Every process sets the gauges from the same (mirrored) status when it answers a scrape; across
         # processes the latest write is the true one.

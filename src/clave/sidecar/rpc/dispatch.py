@@ -114,7 +114,7 @@ class Dispatcher:
             reply = _error(request_id, exc.code, exc.message)
         except ClaveError as exc:
             outcome = "refused" if exc.code == SERVER_ERROR else "bad_request"
-            reply = _error(request_id, exc.code, exc.message)
+            reply = _error(request_id, exc.code, exc.message, exc.data)
         except Exception:
             outcome, infra = "crashed", True
             log.exception("method handler %s crashed", name)
@@ -147,8 +147,11 @@ def _valid_id(request_id: Any) -> bool:
     return not (isinstance(request_id, float) and not math.isfinite(request_id))
 
 
-def _error(request_id: Any, code: int, message: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
 
 
 def _dump(value: Any) -> bytes:

@@ -21,6 +21,7 @@ import cbor2
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
+from clave.core.policy.engine import Denied
 from clave.core.provenance import ProvenanceError, admin_set_hash, decode_admins, decode_user_data
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
 from clave.sidecar.observe.tasks import start_supervised
@@ -41,6 +42,7 @@ META_DATA_KEY = "kms_data_key"
 META_MASTER_COMMITMENT = "master_commitment"  # the store's master key, as the enclave attests to it
 META_ADMIN_SET = "admin_set"  # the operator admin set, sealed by the enclave under the master key (CBOR)
 META_ADMIN_PENDING = "admin_pending"  # an admin set to make at the next enclave boot (CBOR list; b"" = none)
+META_CUSTODY = "custody"  # the custody policy and freeze state, sealed by the enclave (CBOR; enclave/policy.py)
 UNSEAL_BATCH = 5000
 GENERATE_BATCH = 5000
 BULK = 1000  # from this many new accounts on, one full collection to freeze them is worth its pause
@@ -120,6 +122,8 @@ class Status:
     master_mismatch: str = ""  # why the enclave's master key was refused, while it is
     admins: list[bytes] = field(default_factory=list)  # the enclave's admin set (export authorization)
     admins_pending: bool = False  # an admin set waits for the next enclave boot
+    custody: dict[str, Any] = field(default_factory=dict)  # the enclave's custody state (policy, freeze)
+    custody_error: str = ""  # why the stored custody record was refused (then every signature is denied)
 
 
 class Signer:
@@ -135,9 +139,12 @@ class Signer:
         repin_key: Callable[[str, AttestationDocument], Any] | None = None,
         clock: Callable[[], float] = time.time,
         admins: list[bytes] | None = None,
+        admin_threshold: int = 1,
     ) -> None:
         self.client = client
         self.admins = admins  # `--admin`: the admin set of a new datadir
+        self.admin_threshold = admin_threshold  # `--admin-threshold`: K of those admins for custody changes
+        self.on_denied: Callable[[str], None] | None = None  # the wiring counts policy denials by rule
         self.store = store
         self.sealing = sealing
         self.attestation = attestation
@@ -214,6 +221,7 @@ class Signer:
             await self._verify_master(verified, boot, records)
             await self._same_boot(boot)
             self.status.admins = await self._settle_admins(boot)
+            await self._settle_custody()
             self._boot_public = boot
             self.status.master_verified = True
             self.status.master_mismatch = ""
@@ -301,10 +309,10 @@ class Signer:
                 raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set other than the store's")
             return admins
         pending_raw = await asyncio.to_thread(self.store.get_meta, META_ADMIN_PENDING)
-        pending = [bytes(a) for a in cbor2.loads(pending_raw)] if pending_raw else None
+        pending, threshold = read_pending_admins(pending_raw)
         if pending is not None and attested is None:
             try:
-                result = await self.client.call("init_admins", {"admins": pending})
+                result = await self.client.call("init_admins", {"admins": pending, "threshold": threshold})
             except RequestError as exc:
                 self.status.admins_pending = True
                 log.warning("admin set pending until the next enclave boot: %s", exc.message)
@@ -318,6 +326,41 @@ class Signer:
             log.warning("--admin names the admin set of a new datadir; this one was made without: run "
                         "`clave admin init --admin …` once and restart the enclave")
         return []
+
+    async def _settle_custody(self) -> None:
+        """Give the enclave the stored custody record (policy, freeze), and say at start what protects the
+        keys. A record the enclave refuses (altered) stops all signing there; it is reported, not fatal."""
+        self.status.custody_error = ""
+        if not self.status.admins:
+            self.status.custody = {}
+            log.warning("no admin set: no custody policy protects the keys (any caller that reaches the signer "
+                        "can sign anything with every account; see README \"Custody policy\")")
+            return
+        stored = await asyncio.to_thread(self.store.get_meta, META_CUSTODY)
+        if stored is not None:
+            try:
+                await self.client.call("custody_load", {"record": cbor2.loads(stored)})
+            except RequestError as exc:
+                self.status.custody_error = exc.message
+                log.error("CUSTODY RECORD REFUSED: %s", exc.message)
+        self.status.custody = await self.custody_status()
+        if self.status.custody.get("policy_hash") is None and not self.status.custody_error:
+            log.warning("admin set without a custody policy: signing is open until the admins apply one "
+                        "(clave policy apply)")
+
+    async def custody_status(self) -> dict[str, Any]:
+        return await self.client.call("custody_status")  # type: ignore[no-any-return]
+
+    async def custody_change(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """policy_apply, freeze or unfreeze: the enclave checks the admin signatures and returns the new
+        state sealed; it is stored before the caller hears of it."""
+        result: dict[str, Any] = await self._call(method, params, timeout=SLOW_TIMEOUT)
+        await asyncio.to_thread(self.store.set_meta, META_CUSTODY, cbor2.dumps(result.pop("record")))
+        self.status.custody_error = ""
+        self.status.custody = await self.custody_status()
+        log.warning("custody change %s (sequence %d) signed by %s", method, result["sequence"],
+                    ", ".join("0x" + bytes(a).hex() for a in result.get("signers", [])))
+        return result
 
     async def _same_boot(self, boot: bytes) -> None:
         """InfraError (retried) if the enclave restarted since it attested: a new boot is verified anew."""
@@ -350,7 +393,7 @@ class Signer:
             # Stored only after the enclave accepted it, so a failed first start leaves nothing behind.
             self.store.set_meta(META_DATA_KEY, wrapped)
             if self.admins:  # a new datadir: its admin set is made once the key is verified (bring-up)
-                self.store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(self.admins)))
+                self.store.set_meta(META_ADMIN_PENDING, pending_admins(self.admins, self.admin_threshold))
         else:
             try:
                 for_recipient = await self.sealing.decrypt(key_id, wrapped, document)
@@ -546,7 +589,16 @@ class Signer:
             raise EnclaveNotReady(self.status.last_error or "keys are being unsealed")
         if not self.client.connected or self.client.connections != self._checked_connection:
             await self._check_connection()
-        return await self.client.call(method, params, timeout=timeout)
+        try:
+            return await self.client.call(method, params, timeout=timeout)
+        except Denied as denied:
+            address = params.get("address")
+            shown = "0x" + address.hex() if isinstance(address, bytes) else "-"
+            log.warning("request denied by custody policy: rule=%s reason=%s method=%s account=%s",
+                        denied.rule, denied.reason, method, shown)
+            if self.on_denied is not None:
+                self.on_denied(denied.rule)
+            raise
 
     async def _check_connection(self) -> None:
         """A new connection may reach a restarted enclave that holds no keys until they are unsealed again
@@ -609,6 +661,21 @@ class Signer:
         await self.require(address)
         result: MessageSignature = await self._call(method, {"address": address, **params})
         return result["signature"], result["digest"]
+
+
+def pending_admins(admins: list[bytes], threshold: int) -> bytes:
+    """The store's pending admin set (made at the next enclave boot): CBOR {"admins", "threshold"}."""
+    return cbor2.dumps({"admins": sorted(admins), "threshold": threshold})
+
+
+def read_pending_admins(raw: bytes | None) -> tuple[list[bytes] | None, int]:
+    """(admins, threshold) of a pending admin set; a bare list (before thresholds) has K = 1."""
+    if not raw:
+        return None, 1
+    value = cbor2.loads(raw)
+    if isinstance(value, dict):
+        return [bytes(a) for a in value["admins"]], int(value.get("threshold", 1))
+    return [bytes(a) for a in value], 1
 
 
 def _text(value: bytes | None) -> str | None:

@@ -1,0 +1,230 @@
+"""The custody policy inside the enclave: what it takes to change it, and the check before every signature.
+
+State (one per boot): the policy document in force (or none), its sequence number, and whether signing is
+frozen. The parent keeps it only sealed under the master key (AES-256-GCM, everything bound as associated
+data, with the admin set id), so it can store, lose or replay a record but not alter one: an altered
+record does not open, and then this boot refuses to sign at all (`custody-record-invalid`) until a valid
+one is loaded or K admins apply a policy.
+
+Changes need admin signatures over EIP-712 messages (`core/policy/authority.py`) with a sequence number
+above the current one: a policy and an unfreeze need K of the N admins, a freeze any one of them.
+Without an admin set none of this exists and signing is open, as before (the sidecar says so at start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from clave.core.errors import InvalidParams, RequestError
+from clave.core.eth.hashing import keccak256
+from clave.core.policy import authority
+from clave.core.policy.engine import Decision, Denied, PolicyState, evaluate_message, evaluate_tx
+from clave.core.policy.schema import Policy, canonical_json, parse_policy_bytes
+from clave.enclave.state import EnclaveState
+
+CUSTODY_RECORD_VERSION = 1
+Handler = Callable[[dict[str, Any]], Any]
+
+
+def _allowed(rule: str) -> Decision:
+    return Decision(rule, lambda now: None)
+
+
+class Custody:
+    def __init__(self, state: EnclaveState) -> None:
+        self.state = state
+        self.policy: Policy | None = None
+        self.document: bytes | None = None  # canonical JSON of the policy in force
+        self.sequence = 0
+        self.frozen = False
+        self.invalid = ""  # why the stored custody record was refused: deny everything while set
+        self.engine_state = PolicyState()
+        self.denials: Counter[str] = Counter()
+        self.allowed = 0
+        self._lock = threading.Lock()
+
+    # -- what the attestation commits to -------------------------------------------------------
+
+    @property
+    def policy_hash(self) -> bytes | None:
+        return authority.policy_hash(self.document) if self.document is not None else None
+
+    def summary(self) -> dict[str, Any] | None:
+        """The map attested in user_data under "policy" (None without an admin set)."""
+        admins = self.state.admin_set.admins
+        if admins is None:
+            return None
+        summary: dict[str, Any] = {"k": self.state.admin_set.threshold, "seq": self.sequence, "frozen": self.frozen}
+        if self.policy_hash is not None:
+            summary["hash"] = self.policy_hash
+        if self.invalid:
+            summary["invalid"] = True
+        return summary
+
+    def _set_id(self) -> tuple[tuple[bytes, ...], int, bytes]:
+        admins = self.state.admin_set.require()
+        threshold = self.state.admin_set.threshold
+        return admins, threshold, authority.admin_set_id(admins, threshold)
+
+    # -- sealing -------------------------------------------------------------------------------
+
+    def _associated_data(self, set_id: bytes, document: bytes | None, sequence: int, frozen: bool) -> bytes:
+        return cbor2.dumps(["clave-custody", CUSTODY_RECORD_VERSION, set_id, document, sequence, frozen])
+
+    def _seal(self) -> dict[str, Any]:
+        _, _, set_id = self._set_id()
+        nonce = os.urandom(12)
+        ad = self._associated_data(set_id, self.document, self.sequence, self.frozen)
+        tag = AESGCM(self.state.master()).encrypt(nonce, b"", ad)
+        return {"v": CUSTODY_RECORD_VERSION, "document": self.document, "sequence": self.sequence,
+                "frozen": self.frozen, "nonce": nonce, "tag": tag}
+
+    def load(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The stored custody record (the parent's copy). One that does not open stops all signing."""
+        record = params.get("record")
+        _, _, set_id = self._set_id()
+        try:
+            if not isinstance(record, dict) or record.get("v") != CUSTODY_RECORD_VERSION:
+                raise RequestError("unsupported custody record")
+            document, sequence, frozen = record.get("document"), record.get("sequence"), record.get("frozen")
+            nonce, tag = record.get("nonce"), record.get("tag")
+            if (not (document is None or isinstance(document, bytes)) or not isinstance(sequence, int)
+                    or isinstance(sequence, bool) or sequence < 0 or not isinstance(frozen, bool)
+                    or not isinstance(nonce, bytes) or len(nonce) != 12 or not isinstance(tag, bytes)):
+                raise RequestError("malformed custody record")
+            try:
+                AESGCM(self.state.master()).decrypt(nonce, tag, self._associated_data(set_id, document, sequence, frozen))
+            except InvalidTag:
+                raise RequestError("the custody record does not open under this master key and admin set "
+                                   "(altered?)") from None
+            policy = parse_policy_bytes(document) if document is not None else None
+        except RequestError as exc:
+            self.invalid = exc.message
+            raise RequestError(f"custody record refused, all signing denied until an admin applies a policy: "
+                               f"{exc.message}") from None
+        if sequence < self.sequence:
+            raise RequestError(f"custody record refused: sequence {sequence} is older than this boot's {self.sequence}")
+        self.policy, self.document, self.sequence, self.frozen, self.invalid = policy, document, sequence, frozen, ""
+        return self.status({})
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def _sequence(self, params: dict[str, Any]) -> int:
+        sequence = params.get("sequence")
+        if isinstance(sequence, bool) or not isinstance(sequence, int) or not 0 < sequence < 1 << 64:
+            raise InvalidParams("sequence: expected a positive 64-bit integer")
+        if sequence <= self.sequence:
+            raise authority.AuthorizationError(
+                f"refused: sequence {sequence} is not above the current {self.sequence} (replayed or older)")
+        return sequence
+
+    def apply(self, params: dict[str, Any]) -> dict[str, Any]:
+        document = params.get("document")
+        if not isinstance(document, bytes):
+            raise InvalidParams("document: expected bytes (canonical JSON)")
+        policy = parse_policy_bytes(document)
+        # Canonical form: what the admins hashed is exactly what is parsed.
+        if canonical_json(json.loads(document)) != document:
+            raise InvalidParams("document: not in canonical JSON form (the CLI sends canonical_json)")
+        admins, threshold, set_id = self._set_id()
+        sequence = self._sequence(params)
+        digest = authority.digest("PolicyUpdate", set_id, sequence, keccak256(document))
+        signers = authority.require_admins(digest, params.get("signatures"), admins, threshold, "policy")
+        self.policy, self.document, self.sequence, self.invalid = policy, document, sequence, ""
+        return {"record": self._seal(), "signers": signers, **self.status({})}
+
+    def freeze(self, params: dict[str, Any]) -> dict[str, Any]:
+        admins, _, set_id = self._set_id()
+        sequence = self._sequence(params)
+        digest = authority.digest("Freeze", set_id, sequence)
+        signers = authority.require_admins(digest, params.get("signatures"), admins, 1, "freeze")
+        self.frozen, self.sequence = True, sequence
+        return {"record": self._seal(), "signers": signers, **self.status({})}
+
+    def unfreeze(self, params: dict[str, Any]) -> dict[str, Any]:
+        admins, threshold, set_id = self._set_id()
+        sequence = self._sequence(params)
+        digest = authority.digest("Unfreeze", set_id, sequence)
+        signers = authority.require_admins(digest, params.get("signatures"), admins, threshold, "unfreeze")
+        self.frozen, self.sequence = False, sequence
+        return {"record": self._seal(), "signers": signers, **self.status({})}
+
+    def status(self, params: dict[str, Any]) -> dict[str, Any]:
+        admins = self.state.admin_set.admins
+        threshold = self.state.admin_set.threshold
+        return {
+            "admins": list(admins) if admins is not None else [],
+            "threshold": threshold if admins is not None else 0,
+            "admin_set_id": authority.admin_set_id(admins, threshold) if admins is not None else None,
+            "sequence": self.sequence,
+            "frozen": self.frozen,
+            "policy_hash": self.policy_hash,
+            "document": self.document,
+            "invalid": self.invalid,
+            "denials": dict(self.denials),
+            "allowed": self.allowed,
+        }
+
+    # -- the check before signing ---------------------------------------------------------------
+
+    def _gate(self) -> bool:
+        """Raise Denied when nothing may be signed; False when no policy applies (open signing)."""
+        if self.state.admin_set.admins is None:
+            return False
+        if self.invalid:
+            self._deny(Denied("custody-record-invalid", "the stored custody record was refused"))
+        if self.frozen:
+            self._deny(Denied("frozen", "signing is frozen by an admin"))
+        return self.policy is not None
+
+    def _deny(self, denied: Denied) -> None:
+        self.denials[denied.rule] += 1
+        raise denied
+
+    def check_tx(self, account: bytes, tx: dict[str, Any], preimage: bytes) -> Decision:
+        """Allow (and count against windows and the nonce guard at once, under a lock: handlers run in
+        several threads, and two requests must not both fit the last of a window) or raise Denied."""
+        if not self._gate():
+            return _allowed("no-policy")
+        assert self.policy is not None
+        digest = keccak256(preimage)
+        with self._lock:
+            now = self.state.clock()
+            try:
+                decision = evaluate_tx(self.policy, self.engine_state, account, tx, digest, now)
+            except Denied as denied:
+                self._deny(denied)
+                raise
+            decision.commit(now)
+            self.allowed += 1
+        return decision
+
+    def check_message(self, account: bytes, kind: str, typed: dict[str, Any] | None = None) -> Decision:
+        if not self._gate():
+            return _allowed("no-policy")
+        assert self.policy is not None
+        try:
+            decision = evaluate_message(self.policy, account, kind, typed)
+        except Denied as denied:
+            self._deny(denied)
+            raise
+        self.allowed += 1
+        return decision
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "custody_status": self.status,
+            "custody_load": self.load,
+            "policy_apply": self.apply,
+            "freeze": self.freeze,
+            "unfreeze": self.unfreeze,
+        }

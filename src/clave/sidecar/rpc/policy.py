@@ -1,0 +1,73 @@
+"""Operator-only custody calls, over IPC only: the policy in force, and changes the enclave authorizes by
+admin signatures (it checks them; the sidecar only stores the sealed state it returns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clave.core.errors import InvalidParams
+from clave.sidecar.rpc import args
+from clave.sidecar.rpc.args import hex_result, ipc_only
+from clave.sidecar.rpc.dispatch import CallContext, Method
+from clave.sidecar.signing.signer import Signer
+
+
+def _sequence(params: list[Any], index: int) -> int:
+    value = params[index] if len(params) > index else None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidParams(f"invalid argument {index}: sequence must be a positive integer")
+    return value
+
+
+def _signatures(params: list[Any], index: int) -> list[bytes]:
+    value = params[index] if len(params) > index else None
+    if not isinstance(value, list) or not value:
+        raise InvalidParams(f"invalid argument {index}: expected a list of 0x signatures")
+    return [args.data(value, i) for i in range(len(value))]
+
+
+def describe(status: dict[str, Any]) -> dict[str, Any]:
+    """The enclave's custody status as JSON."""
+    set_id, policy_hash, document = status.get("admin_set_id"), status.get("policy_hash"), status.get("document")
+    return {
+        "admins": [hex_result(a) for a in status.get("admins", [])],
+        "threshold": status.get("threshold"),
+        "admin_set_id": hex_result(set_id) if set_id else None,
+        "sequence": status.get("sequence"),
+        "frozen": status.get("frozen"),
+        "policy_hash": hex_result(policy_hash) if policy_hash else None,
+        "policy": bytes(document).decode() if document else None,
+        "record_refused": status.get("invalid") or None,
+        "denials": status.get("denials", {}),
+        "allowed": status.get("allowed", 0),
+    }
+
+
+def policy_methods(signer: Signer) -> dict[str, Method]:
+    async def clave_policy_status(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        ipc_only(ctx, "clave_policyStatus")
+        return describe(await signer.custody_status())
+
+    async def clave_policy_apply(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        """canonical JSON document (0x hex), sequence, [admin EIP-712 signatures]."""
+        ipc_only(ctx, "clave_policyApply")
+        params_ = {"document": args.data(params, 0), "sequence": _sequence(params, 1),
+                   "signatures": _signatures(params, 2)}
+        return describe(await signer.custody_change("policy_apply", params_))
+
+    async def clave_freeze(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        ipc_only(ctx, "clave_freeze")
+        params_ = {"sequence": _sequence(params, 0), "signatures": _signatures(params, 1)}
+        return describe(await signer.custody_change("freeze", params_))
+
+    async def clave_unfreeze(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        ipc_only(ctx, "clave_unfreeze")
+        params_ = {"sequence": _sequence(params, 0), "signatures": _signatures(params, 1)}
+        return describe(await signer.custody_change("unfreeze", params_))
+
+    return {
+        "clave_policyStatus": Method(clave_policy_status, 0, 0),
+        "clave_policyApply": Method(clave_policy_apply, 3, 3),
+        "clave_freeze": Method(clave_freeze, 2, 2),
+        "clave_unfreeze": Method(clave_unfreeze, 2, 2),
+    }
