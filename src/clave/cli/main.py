@@ -22,6 +22,7 @@ from clave.cli.client import (
     read_password,
 )
 from clave.cli.opera import add_validator_commands
+from clave.cli.policy import add_policy_commands
 from clave.sidecar.config import (
     DEFAULT_DATADIR,
     DEFAULT_HTTP_ADDR,
@@ -53,6 +54,8 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
                         help="seconds a client has to send a request's headers, and then its body (default 30)")
     parser.add_argument("--admin", default="", metavar="0xADDR[,0xADDR]",
                         help="a new datadir's admin set: the keys whose signature authorizes a keyfile export")
+    parser.add_argument("--admin-threshold", dest="admin_threshold", type=int, default=1, metavar="K",
+                        help="admin signatures a custody-policy change or an unfreeze needs (default 1)")
 
 
 def parse_admins(text: str) -> list[bytes]:
@@ -69,6 +72,14 @@ def parse_admins(text: str) -> list[bytes]:
     if len(set(admins)) != len(admins):
         raise SystemExit("clave: --admin: an address is given twice")
     return admins
+
+
+def check_threshold(threshold: int, admins: list[bytes]) -> int:
+    if admins and not 1 <= threshold <= len(admins):
+        raise SystemExit(f"clave: --admin-threshold {threshold}: expected 1..{len(admins)} (the number of admins)")
+    if not admins and threshold != 1:
+        raise SystemExit("clave: --admin-threshold needs --admin")
+    return threshold
 
 
 def _workers(text: str) -> int:
@@ -112,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         http_workers=args.http_workers,
         http_read_timeout=args.http_read_timeout,
         admins=parse_admins(args.admin),
+        admin_threshold=check_threshold(args.admin_threshold, parse_admins(args.admin)),
     )
 
 
@@ -396,14 +408,13 @@ def _admin_account(keyfile: str, password_file: str):  # type: ignore[no-untyped
 def cmd_admin_init(args: argparse.Namespace) -> int:
     """Once, on a datadir that has no admin set (trust on first use): record the set to make; the enclave
     makes and seals it at its next boot, before it holds any key (restart the enclave, or `clave up`)."""
-    import cbor2
-
-    from clave.sidecar.signing.signer import META_ADMIN_PENDING, META_ADMIN_SET
+    from clave.sidecar.signing.signer import META_ADMIN_PENDING, META_ADMIN_SET, pending_admins
     from clave.sidecar.store.records import SqliteStore
 
     admins = parse_admins(args.admin)
     if not admins:
         raise SystemExit("clave: admin init: pass --admin 0xADDR[,0xADDR]")
+    threshold = check_threshold(getattr(args, "admin_threshold", 1), admins)
     path = Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite"
     if not path.exists():
         raise SystemExit(f"clave: {path}: no key store; on a new datadir pass --admin to clave up / clave serve")
@@ -411,7 +422,7 @@ def cmd_admin_init(args: argparse.Namespace) -> int:
     try:
         if store.get_meta(META_ADMIN_SET) is not None:
             raise SystemExit("clave: this datadir has an admin set already; it cannot be changed")
-        store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(admins)))
+        store.set_meta(META_ADMIN_PENDING, pending_admins(admins, threshold))
     finally:
         store.close()
     print("admin set recorded; the enclave seals it at its next start: restart the enclave "
@@ -492,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     init = adm.add_parser("init", help="once, on a datadir without one: set the admin set (trust on first use)")
     add_common_options(init)
     init.add_argument("--admin", required=True, metavar="0xADDR[,0xADDR]")
+    init.add_argument("--admin-threshold", dest="admin_threshold", type=int, default=1, metavar="K",
+                      help="admin signatures a custody-policy change or an unfreeze needs (default 1)")
     init.set_defaults(func=cmd_admin_init)
     serve = sub.add_parser("serve", help="run the sidecar beside an enclave (production; systemd runs this)")
     _add_server(serve)
@@ -546,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
     pol.set_defaults(func=cmd_kms_policy)
     add_validator_commands(sub)
+    add_policy_commands(sub)
     return parser
 
 

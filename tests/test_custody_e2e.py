@@ -1,0 +1,153 @@
+"""Custody policy end to end (README "Custody policy"): `clave up --admin A,B,C --admin-threshold 2` with
+admin keys made by `cast wallet new`, a policy applied with `clave policy sign|apply`, transactions mined
+by anvil or answered with clef's `request denied`, a replay and a one-admin policy refused, `clave freeze`
+by one admin, and an edited stored policy row detected after a restart."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from eth_account import Account
+from eth_utils import to_checksum_address
+
+from clave.core.policy import authority
+from clave.core.policy.schema import canonical_json
+from tests import secrets_search
+from tests.clients import run, send_and_mine
+from tests.stack import Anvil, ClaveProcess, get_text, post_json
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "clave test_custody_e2e admin password"
+DESTINATION = "0x703c4b2bD70c169f5717101CaeE543299Fc946C7"
+ELSEWHERE = "0x2222222222222222222222222222222222222222"
+ETHER = 10**18
+
+
+def _cast_wallet(cast: str, directory: Path) -> tuple[str, Path]:
+    """A keystore made by `cast wallet new`; (address, keyfile). The npm shim exits 0 even on failure."""
+    before = set(directory.iterdir()) if directory.exists() else set()
+    directory.mkdir(exist_ok=True)
+    out = run(cast, "wallet", "new", str(directory), "--unsafe-password", PASSWORD)
+    match = re.search(r"Address:\s+(0x[0-9a-fA-F]{40})", out)
+    assert match, f"cast wallet new did not make a keystore: {out}"
+    (created,) = set(directory.iterdir()) - before
+    return match.group(1), created
+
+
+def _denied(clave: ClaveProcess, *params: Any) -> dict[str, Any]:
+    status, reply = post_json(clave.url, {"jsonrpc": "2.0", "id": 1, "method": "account_signTransaction",
+                                          "params": list(params)})
+    assert status == 200 and "error" in reply, reply
+    assert (reply["error"]["code"], reply["error"]["message"]) == (-32000, "request denied")
+    return reply["error"]["data"]  # type: ignore[no-any-return]
+
+
+def _tx(account: str, nonce: int, value: int, to: str = DESTINATION) -> dict[str, Any]:
+    return {"from": to_checksum_address(account), "to": to, "gas": "0x5208", "maxFeePerGas": hex(30 * 10**9),
+            "maxPriorityFeePerGas": hex(10**9), "nonce": hex(nonce), "value": hex(value), "chainId": hex(31337)}
+
+
+def _cli(clave: ClaveProcess, *args: str) -> str:
+    result = clave.cli(*args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvil) -> None:
+    secrets_search.KNOWN_SECRETS.add(PASSWORD)
+    keys = tmp_path / "keys"
+    admins = [_cast_wallet(cast, keys) for _ in range(3)]
+    stranger = _cast_wallet(cast, tmp_path / "stranger")
+    password_file = tmp_path / "admin.pw"
+    password_file.write_text(PASSWORD + "\n")
+    clave = ClaveProcess(tmp_path / "clave", chain_ids="31337",
+                         extra=["--admin", ",".join(a for a, _ in admins), "--admin-threshold", "2"])
+    clave.start()
+    try:
+        account = re.findall(r"0x[0-9a-fA-F]{40}", _cli(clave, "account", "new"))[-1]
+        anvil.fund(account, 100 * ETHER)
+        policy = {"version": 1, "rules": [
+            {"name": "hot-payments", "accounts": [account], "to": [DESTINATION], "value_max": "1 ether",
+             "window": {"value_max": "3 ether", "seconds": 3600}}]}
+        policy_file = tmp_path / "policy.json"
+        policy_file.write_text(json.dumps(policy, indent=2))
+
+        def sign(keyfile: Path, *extra: str) -> str:
+            out = _cli(clave, "policy", "sign", str(policy_file), "--keyfile", str(keyfile),
+                       "--password-file", str(password_file), *extra)
+            return str(json.loads(out)["signature"])
+
+        def apply(*signatures: str) -> Any:
+            args = [a for s in signatures for a in ("--signature", s)]
+            return clave.cli("policy", "apply", str(policy_file), *args)
+
+        # cast, an independent EIP-712 implementation, signs the same message `clave policy sign` does.
+        status = json.loads(_cli(clave, "policy", "show"))
+        assert status["threshold"] == 2 and status["policy_hash"] is None
+        typed = authority.typed_message("PolicyUpdate", bytes.fromhex(status["admin_set_id"][2:]), 1,
+                                        authority.policy_hash(canonical_json(policy)))
+        typed_file = tmp_path / "typed.json"
+        typed_file.write_text(json.dumps(typed))
+        by_cast = run(cast, "wallet", "sign", "--data", "--from-file", str(typed_file), "--keystore",
+                      str(admins[2][1]), "--password", PASSWORD)
+        assert re.fullmatch(r"0x[0-9a-f]{130}", by_cast), by_cast
+        assert sign(admins[2][1]) == by_cast
+
+        one = apply(sign(admins[0][1]))
+        assert one.returncode != 0 and "1 admin signature(s), 2 needed" in one.stderr
+        with_stranger = apply(sign(admins[0][1]), sign(stranger[1]))
+        assert with_stranger.returncode != 0 and f"not admins: {stranger[0].lower()}" in with_stranger.stderr
+        signatures = (sign(admins[0][1]), by_cast)
+        applied = apply(*signatures)
+        assert applied.returncode == 0, applied.stderr
+        assert json.loads(applied.stdout)["sequence"] == 1
+        replayed = apply(*signatures)  # the same signatures again (sequence 2 now needed)
+        assert replayed.returncode != 0 and "signature(s), 2 needed" in replayed.stderr
+        replayed = clave.cli("policy", "apply", str(policy_file), "--sequence", "1",
+                             *[a for s in signatures for a in ("--signature", s)])
+        assert replayed.returncode != 0 and "sequence 1 is not above the current 1" in replayed.stderr
+
+        before = int(anvil.rpc("eth_getBalance", DESTINATION, "latest"), 16)
+        for nonce in range(3):
+            signed = clave.rpc("account_signTransaction", _tx(account, nonce, ETHER))
+            assert send_and_mine(anvil, signed["raw"])["status"] == "0x1"
+        assert int(anvil.rpc("eth_getBalance", DESTINATION, "latest"), 16) - before == 3 * ETHER
+        assert _denied(clave, _tx(account, 3, ETHER, ELSEWHERE)) == {"rule": "hot-payments", "reason": "to"}
+        assert _denied(clave, _tx(account, 3, ETHER * 3 // 2)) == {"rule": "hot-payments", "reason": "value_max"}
+        assert _denied(clave, _tx(account, 3, ETHER)) == {"rule": "hot-payments", "reason": "window"}
+        metrics = get_text(clave.url + "/metrics")[1]
+        assert 'clave_policy_denials_total{rule="hot-payments"} 3.0' in metrics
+
+        # One admin freezes: nothing signs, not even what the policy allows.
+        frozen = _cli(clave, "freeze", "--keyfile", str(admins[1][1]), "--password-file", str(password_file))
+        assert json.loads(frozen)["frozen"] is True
+        assert _denied(clave, _tx(account, 3, 1)) == {"rule": "frozen", "reason": "signing is frozen by an admin"}
+
+        # The parent edits the stored policy row (a looser cap): the enclave refuses it after a restart.
+        clave.stop()
+        store = sqlite3.connect(clave.datadir / "keystore.sqlite")
+        (raw,) = store.execute("SELECT value FROM meta WHERE name = 'custody'").fetchone()
+        record = cbor2.loads(raw)
+        record["document"] = record["document"].replace(b'"1 ether"', b'"90 ether"')
+        record["frozen"] = False
+        store.execute("UPDATE meta SET value = ? WHERE name = 'custody'", (cbor2.dumps(record),))
+        store.commit()
+        store.close()
+        clave.start()
+        health = json.loads(get_text(clave.url + "/healthz")[1])
+        assert "does not open" in health["custody"]["record_refused"]
+        assert _denied(clave, _tx(account, 3, 50 * ETHER))["rule"] == "custody-record-invalid"
+        deadline = time.monotonic() + 10
+        while "CUSTODY RECORD REFUSED" not in clave.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the log writer thread may not have written the line yet
+        assert "CUSTODY RECORD REFUSED" in clave.logs()
+    finally:
+        clave.stop()
