@@ -14,7 +14,6 @@ from typing import Any
 
 import cbor2
 import pytest
-from eth_account import Account
 from eth_utils import to_checksum_address
 
 from clave.core.policy import authority
