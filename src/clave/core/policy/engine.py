@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clave.core.errors import SERVER_ERROR, RequestError
-from clave.core.policy.schema import Policy, Rule
+from clave.core.policy.schema import Policy, Rule, Window
 
 DENIED_MESSAGE = "request denied"  # clef's ErrRequestDenied text
 BUMP_PERCENT = 10  # geth txpool's default price bump for a replacement
@@ -137,9 +137,8 @@ def _tx_refusal(rule: Rule, tx: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _window_key(rule: Rule, account: bytes) -> tuple[str, bytes]:
-    assert rule.window is not None
-    return (rule.name, account if rule.window.per == "account" else b"")
+def _window_key(rule: Rule, index: int, window: Window, account: bytes) -> tuple[str, bytes]:
+    return (f"{rule.name}#{index}", account if window.per == "account" else b"")
 
 
 def evaluate_tx(policy: Policy, state: PolicyState, account: bytes, tx: Mapping[str, Any], digest: bytes,
@@ -166,10 +165,11 @@ def evaluate_tx(policy: Policy, state: PolicyState, account: bytes, tx: Mapping[
         if rule.action != "allow":
             continue
         reason = _tx_refusal(rule, tx)
-        if reason is None and rule.window is not None:
-            key = _window_key(rule, account)
-            if state.spent(key, rule.window.seconds, now) + value > rule.window.value_max:
-                reason = "window"
+        if reason is None:
+            for i, window in enumerate(rule.windows):
+                if state.spent(_window_key(rule, i, window, account), window.seconds, now) + value > window.value_max:
+                    reason = "window"
+                    break
         if reason is not None:
             first_refusal = first_refusal or (rule.name, reason)
             continue
@@ -182,8 +182,9 @@ def evaluate_tx(policy: Policy, state: PolicyState, account: bytes, tx: Mapping[
 def _tx_commit(state: PolicyState, rule: Rule, account: bytes, chain_id: int, nonce: int, entry: NonceEntry,
                value: int) -> Callable[[float], None]:
     def commit(now: float) -> None:
-        if rule.window is not None and value:
-            state.record_spend(_window_key(rule, account), now, value)
+        if value:
+            for i, window in enumerate(rule.windows):
+                state.record_spend(_window_key(rule, i, window, account), now, value)
         state.record_nonce(account, chain_id, nonce, entry)
 
     return commit

@@ -10,7 +10,8 @@ A policy is JSON (the CLI also reads YAML and hands the enclave canonical JSON, 
 
 Transaction conditions (absent = unconstrained unless said otherwise): `chain_ids`, `to` (allow-list),
 `to_deny`, `contract_creation` (default false), `selectors` ({"0xdest" | "*": ["0x12345678", ...]}),
-`value_max`, `window` ({"value_max", "seconds", "per": "account" | "group"}), `gas_max`,
+`value_max`, `window` ({"value_max", "seconds", "per": "account" | "group"}, or a list of them, all of which
+must hold; "group": one budget for every account the rule names), `gas_max`,
 `max_fee_per_gas`, `max_priority_fee_per_gas`, `authorization_targets` (EIP-7702; absent = type 4 refused),
 `blob_txs` (default false). Message conditions: `messages` (["personal", "typed_data", "clique",
 "validator"]), `typed_data_domains` ([{"chainId", "verifyingContract", "name"}], each key optional).
@@ -68,7 +69,7 @@ class Rule:
     contract_creation: bool = False
     selectors: dict[bytes | None, frozenset[bytes]] | None = None  # None key: "*"
     value_max: int | None = None
-    window: Window | None = None
+    windows: tuple[Window, ...] = ()
     gas_max: int | None = None
     max_fee_per_gas: int | None = None
     max_priority_fee_per_gas: int | None = None
@@ -244,14 +245,19 @@ def _rule(value: Any, index: int, groups: dict[str, frozenset[bytes]], names: se
         if key in raw:
             fields[key] = amount(raw[key], f"{path}.{key}")
     if "window" in raw:
-        w = _keys(raw["window"], f"{path}.window", {"value_max", "seconds", "per"}, {"value_max", "seconds"})
-        per = w.get("per", "account")
-        if per not in ("account", "group"):
-            raise _fail(f"{path}.window.per", 'expected "account" or "group"')
-        seconds = _int(w["seconds"], f"{path}.window.seconds", minimum=1)
-        if seconds > 366 * 86400:
-            raise _fail(f"{path}.window.seconds", "at most a year")
-        fields["window"] = Window(amount(w["value_max"], f"{path}.window.value_max"), seconds, per)
+        listed = isinstance(raw["window"], list)
+        windows = []
+        for i, w in enumerate(raw["window"] if listed else [raw["window"]]):
+            where = f"{path}.window[{i}]" if listed else f"{path}.window"
+            w = _keys(w, where, {"value_max", "seconds", "per"}, {"value_max", "seconds"})
+            per = w.get("per", "account")
+            if per not in ("account", "group"):
+                raise _fail(f"{where}.per", 'expected "account" or "group"')
+            seconds = _int(w["seconds"], f"{where}.seconds", minimum=1)
+            if seconds > 366 * 86400:
+                raise _fail(f"{where}.seconds", "at most a year")
+            windows.append(Window(amount(w["value_max"], f"{where}.value_max"), seconds, per))
+        fields["windows"] = tuple(windows)
     if "messages" in raw:
         kinds = set()
         for i, m in enumerate(_list(raw["messages"], f"{path}.messages")):
@@ -275,6 +281,12 @@ def _rule(value: Any, index: int, groups: dict[str, frozenset[bytes]], names: se
                 name_,
             ))
         fields["typed_data_domains"] = tuple(domains)
+    if action == "deny":
+        for key in ("value_max", "window", "gas_max", "max_fee_per_gas", "max_priority_fee_per_gas", "to_deny",
+                    "authorization_targets", "typed_data_domains"):
+            if key in raw:
+                raise _fail(f"{path}.{key}", "a deny rule names what it denies (chain_ids, to, selectors, "
+                                             "contract_creation, blob_txs, messages); limits belong in allow rules")
     if kind == "message" and action == "allow" and not fields.get("messages"):
         raise _fail(f"{path}.messages", "an allow rule for messages lists the kinds it allows")
     return Rule(name=name, index=index, action=action, kind=kind,
