@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli.audit import add_audit_commands
 from clave.cli.client import (
     add_client_options,
     add_common_options,
@@ -560,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol.set_defaults(func=cmd_kms_policy)
     add_validator_commands(sub)
     add_policy_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 

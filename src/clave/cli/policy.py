@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clave.cli.client import add_common_options, connect
+from clave.cli.client import add_common_options, connect, read_password
 from clave.core.policy import authority
 from clave.core.policy.schema import PolicyError, canonical_json, parse_policy
 
@@ -76,9 +76,17 @@ def load_document(path: str) -> tuple[bytes, Any]:
 
 
 def _admin(args: argparse.Namespace) -> Any:
-    from clave.cli.main import _admin_account
+    """The admin key from its V3 keyfile, decrypted here in the CLI (never sent anywhere)."""
+    from eth_account import Account
 
-    return _admin_account(args.keyfile, args.password_file)
+    try:
+        data = json.loads(Path(args.keyfile).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"clave: {args.keyfile}: cannot read the admin keyfile: {exc}") from None
+    try:
+        return Account.from_key(Account.decrypt(data, read_password(args.password_file)))
+    except ValueError as exc:
+        raise SystemExit(f"clave: {args.keyfile}: cannot decrypt the admin keyfile: {exc}") from None
 
 
 def _status(args: argparse.Namespace) -> dict[str, Any]:

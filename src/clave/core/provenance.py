@@ -54,11 +54,13 @@ def export_message(address: bytes, challenge: bytes) -> bytes:
 
 
 def encode_user_data(
-    master: bytes | None, admins: bytes | None = None, *, policy: dict[str, Any] | None = None
+    master: bytes | None, admins: bytes | None = None, *, policy: dict[str, Any] | None = None,
+    audit: bytes | None = None,
 ) -> bytes | None:
     """The `user_data` an enclave holding a key with commitment `master` (and an admin set with hash
     `admins`) attests to (None: no key yet). `policy`: the custody state (threshold "k", sequence "seq",
-    "frozen", and the policy "hash" when one is in force; enclave/policy.py)."""
+    "frozen", and the policy "hash" when one is in force; enclave/policy.py). `audit`: the public key that
+    signs this boot's audit-log checkpoints (Ed25519, 32 bytes; enclave/audit.py)."""
     if master is None:
         return None
     if len(master) != COMMITMENT_SIZE:
@@ -68,7 +70,18 @@ def encode_user_data(
         value["admins"] = admins
     if policy is not None:
         value["policy"] = policy
+    if audit is not None:
+        value["audit"] = audit
     return cbor2.dumps(value)
+
+
+def decode_audit_key(user_data: bytes | None) -> bytes | None:
+    """The audit checkpoint key in `user_data`, or None."""
+    value = _decode(user_data)
+    key = value.get("audit") if value is not None else None
+    if key is not None and (not isinstance(key, bytes) or len(key) != 32):
+        raise ProvenanceError("attestation user_data: audit must be 32 bytes")
+    return key
 
 
 def decode_policy(user_data: bytes | None) -> dict[str, Any] | None:

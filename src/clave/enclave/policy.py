@@ -29,6 +29,7 @@ from clave.core.eth.hashing import keccak256
 from clave.core.policy import authority
 from clave.core.policy.engine import Decision, Denied, PolicyState, evaluate_message, evaluate_tx
 from clave.core.policy.schema import Policy, canonical_json, parse_policy_bytes
+from clave.enclave.audit import AuditLog
 from clave.enclave.state import EnclaveState
 
 CUSTODY_RECORD_VERSION = 1
@@ -40,8 +41,9 @@ def _allowed(rule: str) -> Decision:
 
 
 class Custody:
-    def __init__(self, state: EnclaveState) -> None:
+    def __init__(self, state: EnclaveState, audit: AuditLog) -> None:
         self.state = state
+        self.audit = audit
         self.policy: Policy | None = None
         self.document: bytes | None = None  # canonical JSON of the policy in force
         self.sequence = 0
@@ -109,11 +111,13 @@ class Custody:
             policy = parse_policy_bytes(document) if document is not None else None
         except RequestError as exc:
             self.invalid = exc.message
+            self.audit.record("custody_load", refused=exc.message)
             raise RequestError(f"custody record refused, all signing denied until an admin applies a policy: "
                                f"{exc.message}") from None
         if sequence < self.sequence:
             raise RequestError(f"custody record refused: sequence {sequence} is older than this boot's {self.sequence}")
         self.policy, self.document, self.sequence, self.frozen, self.invalid = policy, document, sequence, frozen, ""
+        self.audit.record("custody_load", sequence=sequence, frozen=frozen, policy=self._hash_hex())
         return self.status({})
 
     # -- changes -------------------------------------------------------------------------------
@@ -140,6 +144,7 @@ class Custody:
         digest = authority.digest("PolicyUpdate", set_id, sequence, keccak256(document))
         signers = authority.require_admins(digest, params.get("signatures"), admins, threshold, "policy")
         self.policy, self.document, self.sequence, self.invalid = policy, document, sequence, ""
+        self._changed("policy", signers)
         return {"record": self._seal(), "signers": signers, **self.status({})}
 
     def freeze(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +153,7 @@ class Custody:
         digest = authority.digest("Freeze", set_id, sequence)
         signers = authority.require_admins(digest, params.get("signatures"), admins, 1, "freeze")
         self.frozen, self.sequence = True, sequence
+        self._changed("freeze", signers)
         return {"record": self._seal(), "signers": signers, **self.status({})}
 
     def unfreeze(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +162,15 @@ class Custody:
         digest = authority.digest("Unfreeze", set_id, sequence)
         signers = authority.require_admins(digest, params.get("signatures"), admins, threshold, "unfreeze")
         self.frozen, self.sequence = False, sequence
+        self._changed("unfreeze", signers)
         return {"record": self._seal(), "signers": signers, **self.status({})}
+
+    def _hash_hex(self) -> str | None:
+        return self.policy_hash.hex() if self.policy_hash is not None else None
+
+    def _changed(self, kind: str, signers: list[bytes]) -> None:
+        self.audit.record(kind, sequence=self.sequence, policy=self._hash_hex(), frozen=self.frozen,
+                          signers=["0x" + s.hex() for s in signers])
 
     def status(self, params: dict[str, Any]) -> dict[str, Any]:
         admins = self.state.admin_set.admins
@@ -181,44 +195,58 @@ class Custody:
         if self.state.admin_set.admins is None:
             return False
         if self.invalid:
-            self._deny(Denied("custody-record-invalid", "the stored custody record was refused"))
+            raise Denied("custody-record-invalid", "the stored custody record was refused")
         if self.frozen:
-            self._deny(Denied("frozen", "signing is frozen by an admin"))
+            raise Denied("frozen", "signing is frozen by an admin")
         return self.policy is not None
-
-    def _deny(self, denied: Denied) -> None:
-        self.denials[denied.rule] += 1
-        raise denied
 
     def check_tx(self, account: bytes, tx: dict[str, Any], preimage: bytes) -> Decision:
         """Allow (and count against windows and the nonce guard at once, under a lock: handlers run in
-        several threads, and two requests must not both fit the last of a window) or raise Denied."""
-        if not self._gate():
-            return _allowed("no-policy")
-        assert self.policy is not None
+        several threads, and two requests must not both fit the last of a window) or raise Denied. Either
+        way the decision goes into the audit log."""
         digest = keccak256(preimage)
+        fee = tx.get("maxFeePerGas") if tx.get("maxFeePerGas") is not None else tx.get("gasPrice")
+        to = tx.get("to")
+        facts = {"account": "0x" + account.hex(), "what": "tx", "chain": tx.get("chainId"), "nonce": tx.get("nonce"),
+                 "to": "0x" + to.hex() if isinstance(to, bytes) else None, "value": tx.get("value"), "fee": fee,
+                 "tip": tx.get("maxPriorityFeePerGas", fee), "digest": digest.hex(), "type": tx.get("type")}
         with self._lock:
-            now = self.state.clock()
             try:
-                decision = evaluate_tx(self.policy, self.engine_state, account, tx, digest, now)
+                self.audit.require_room()
+                if not self._gate():
+                    decision = _allowed("no-policy")
+                else:
+                    assert self.policy is not None
+                    now = self.state.clock()
+                    decision = evaluate_tx(self.policy, self.engine_state, account, tx, digest, now)
+                    decision.commit(now)
             except Denied as denied:
-                self._deny(denied)
+                self._denied(denied, facts)
                 raise
-            decision.commit(now)
             self.allowed += 1
+            self.audit.record("sign", outcome="allowed", rule=decision.rule, **facts)
         return decision
 
     def check_message(self, account: bytes, kind: str, typed: dict[str, Any] | None = None) -> Decision:
-        if not self._gate():
-            return _allowed("no-policy")
-        assert self.policy is not None
+        facts = {"account": "0x" + account.hex(), "what": kind}
         try:
-            decision = evaluate_message(self.policy, account, kind, typed)
+            self.audit.require_room()
+            if not self._gate():
+                decision = _allowed("no-policy")
+            else:
+                assert self.policy is not None
+                decision = evaluate_message(self.policy, account, kind, typed)
         except Denied as denied:
-            self._deny(denied)
+            self._denied(denied, facts)
             raise
         self.allowed += 1
+        self.audit.record("sign", outcome="allowed", rule=decision.rule, **facts)
         return decision
+
+    def _denied(self, denied: Denied, facts: dict[str, Any]) -> None:
+        self.denials[denied.rule] += 1
+        if denied.rule != "audit-backlog":
+            self.audit.record("sign", outcome="denied", rule=denied.rule, reason=denied.reason, **facts)
 
     def handlers(self) -> dict[str, Handler]:
         return {

@@ -17,6 +17,7 @@ from clave.core.errors import InvalidParams, MethodNotFound, RequestError
 from clave.core.eth import clique, messages, transactions, typed_data
 from clave.enclave import kdf_pool
 from clave.enclave.admins import parse_admins, parse_threshold, seal_admins, unseal_admins
+from clave.enclave.audit import AuditLog
 from clave.enclave.keyfile import decrypt_keyfile, encrypt_keyfile
 from clave.enclave.keys import KeyTable, LoadedKey, generate_secrets
 from clave.enclave.nitro import nsm as nsm_api
@@ -69,9 +70,12 @@ class EnclaveService:
             "sign_clique": self.sign_clique,
         }
         self.handlers.update(validator_handlers(self.state))  # go-opera/sonic validator keys
-        self.custody = Custody(self.state)  # custody policy, freeze (enclave/policy.py)
+        self.audit = AuditLog(self.state)  # hash-chained audit log, signed checkpoints (enclave/audit.py)
+        self.state.audit_key = self.audit.public_key
+        self.custody = Custody(self.state, self.audit)  # custody policy, freeze (enclave/policy.py)
         self.state.policy_summary = self.custody.summary
         self.handlers.update(self.custody.handlers())
+        self.handlers.update(self.audit.handlers())
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -151,7 +155,8 @@ class EnclaveService:
             raise InvalidParams("envelope must carry keyfile and password strings")
         self.state.master()
         secret = kdf_pool.run(decrypt_keyfile, keyfile, password)
-        _, record = self._seal_new(secret, "imported", bool(params.get("exportable", False)))
+        key, record = self._seal_new(secret, "imported", bool(params.get("exportable", False)))
+        self.audit.record("import", account="0x" + key.address.hex(), exportable=key.exportable)
         return {"record": record}
 
     # -- operator admin set and export authorization (enclave/admins.py) ---------------------------
@@ -165,11 +170,13 @@ class EnclaveService:
         if len(self._keys):
             raise RequestError("an admin set is made only in an enclave boot that holds no keys yet (restart the enclave)")
         self.state.admin_set.set(admins, threshold)
+        self.audit.record("admins", made=True, admins=["0x" + a.hex() for a in admins], threshold=threshold)
         return {"record": seal_admins(master, admins, threshold)}
 
     def load_admins(self, params: dict[str, Any]) -> dict[str, Any]:
         admins, threshold = unseal_admins(self.state.master(), params.get("record"))
         self.state.admin_set.set(admins, threshold)
+        self.audit.record("admins", made=False, admins=["0x" + a.hex() for a in admins], threshold=threshold)
         return {"admins": list(admins), "threshold": threshold}
 
     def export_challenge(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +195,8 @@ class EnclaveService:
         key = self._exportable(address)
         # An admin's signature over a challenge this enclave issued for this address: the parent cannot
         # make it up, so a process that reaches the enclave directly cannot export either.
-        self.state.admin_set.authorize(address, params.get("challenge"), params.get("signature"), self.state.clock())
+        admin = self.state.admin_set.authorize(address, params.get("challenge"), params.get("signature"), self.state.clock())
+        self.audit.record("export", account="0x" + address.hex(), admin="0x" + admin.hex())
         payload = self.state.open_envelope(_bytes(params, "envelope"))
         password = payload.get("password")
         if not isinstance(password, str) or not password:

@@ -39,6 +39,7 @@ class EnclaveState:
         self.commitment: bytes | None = None  # master_commitment(master_key), attested in user_data
         self.admin_set = AdminSet()  # who may authorize exports; its hash is attested too
         self.policy_summary: Callable[[], dict[str, Any] | None] = lambda: None  # enclave/policy.py
+        self.audit_key: bytes | None = None  # this boot's audit checkpoint key (enclave/audit.py)
 
     @property
     def ready(self) -> bool:
@@ -68,7 +69,7 @@ class EnclaveState:
 
     def user_data(self) -> bytes | None:
         """What attestation documents carry in user_data: the master-key commitment, once a key is loaded."""
-        return encode_user_data(self.commitment, self.admin_set.hash, policy=self.policy_summary())
+        return encode_user_data(self.commitment, self.admin_set.hash, policy=self.policy_summary(), audit=self.audit_key)
 
     def random(self, count: int) -> bytes:
         """`count` bytes from the NSM's random source."""

@@ -13,9 +13,11 @@ from aiohttp import web
 
 from clave.core.errors import ConfigError
 from clave.link.sockets import parse_address
+from clave.sidecar.audit import AuditWriter
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.observe.logs import account_of
 from clave.sidecar.observe.metrics import Metrics
+from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.rpc.dispatch import CallContext, Dispatcher
 from clave.sidecar.rpc.methods import build_methods
 from clave.sidecar.signing.enclave_client import EnclaveClient
@@ -25,6 +27,7 @@ from clave.sidecar.transports.http import HttpConfig, make_http_app, start_runne
 from clave.sidecar.transports.ipc import IpcServer
 
 log = logging.getLogger("clave.sidecar")
+AUDIT_FILE = "audit.log"
 REFUSED_SHOWN = 100  # refused records listed by /healthz; `unseal_failures` counts them all
 request_log = logging.getLogger("clave.request")
 
@@ -81,11 +84,15 @@ class Sidecar:
     store: SqliteStore
     ipc: IpcServer | None  # None in an HTTP worker: IPC belongs to the primary process
     runner: web.AppRunner | None = None
+    audit: AuditWriter | None = None  # None in an HTTP worker: the primary carries the audit log
+    _audit_task: asyncio.Task[None] | None = None
     http_url: str = ""
     http_port: int = 0
 
     async def start(self) -> None:
         self.signer.start_watch()
+        if self.audit is not None:
+            self._audit_task = start_supervised("audit-drain", self.audit.run, restarted=self.signer.task_restarted)
         if self.ipc is not None:
             await self.ipc.start()
 
@@ -105,6 +112,9 @@ class Sidecar:
         self.http_url = f"http://{host}:{port}"
 
     async def stop(self) -> None:
+        if self._audit_task is not None:
+            self._audit_task.cancel()
+            await asyncio.gather(self._audit_task, return_exceptions=True)
         await self.signer.stop()
         if self.ipc is not None:
             await self.ipc.close()
@@ -196,6 +206,9 @@ def build_sidecar(
     dispatcher = Dispatcher(methods, observer=observe)
     ipc = None if isinstance(signer, FollowerSigner) else IpcServer(config.ipc_socket, dispatcher)
     sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
+    if not isinstance(signer, FollowerSigner):
+        sidecar.audit = AuditWriter(signer, config.datadir / AUDIT_FILE)
+        signer.on_bring_up = sidecar.audit.resume
 
     async def health() -> tuple[int, dict[str, object]]:
         status = signer.status

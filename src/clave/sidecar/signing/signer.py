@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -145,6 +145,7 @@ class Signer:
         self.admins = admins  # `--admin`: the admin set of a new datadir
         self.admin_threshold = admin_threshold  # `--admin-threshold`: K of those admins for custody changes
         self.on_denied: Callable[[str], None] | None = None  # the wiring counts policy denials by rule
+        self.on_bring_up: Callable[[], Awaitable[None]] | None = None  # the audit writer resumes the chain
         self.store = store
         self.sealing = sealing
         self.attestation = attestation
@@ -222,6 +223,8 @@ class Signer:
             await self._same_boot(boot)
             self.status.admins = await self._settle_admins(boot)
             await self._settle_custody()
+            if self.on_bring_up is not None:
+                await self.on_bring_up()
             self._boot_public = boot
             self.status.master_verified = True
             self.status.master_mismatch = ""
