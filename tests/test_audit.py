@@ -19,7 +19,7 @@ from clave.core.policy.schema import canonical_json
 from clave.core.provenance import decode_audit_key
 from clave.dev.soft_nsm import SoftwareNsm
 from clave.enclave.service import EnclaveService
-from clave.sidecar.trust.attestation import PcrPolicy, load_root, verify_attestation
+from clave.sidecar.trust.attestation import PcrPolicy, load_root, parse_attestation, verify_attestation
 from tests.inproc import Stack, running_stack
 from tests.test_custody import (
     ADMINS,
@@ -39,8 +39,9 @@ def _attestation_check(root_pem: bytes) -> Any:
     root = load_root(root_pem)
 
     def check(entry: dict[str, Any]) -> str | None:
-        verified = verify_attestation(bytes.fromhex(entry["attestation"]), root=root, now_ms=int(entry["t"] * 1000),
-                                      pcr_policy=PcrPolicy(allow_debug=True))
+        document = bytes.fromhex(entry["attestation"])
+        at_ms = parse_attestation(document)[0].timestamp_ms + 1000  # when it was made (X.509: whole seconds)
+        verified = verify_attestation(document, root=root, now_ms=at_ms, pcr_policy=PcrPolicy(allow_debug=True))
         key = decode_audit_key(verified.user_data)
         return None if key is not None and key.hex() == entry["checkpoint_key"] else "key mismatch"
 
@@ -97,6 +98,45 @@ async def test_decisions_and_changes_are_chained_checkpointed_and_survive_a_rest
         assert any(e["kind"] == "custody_load" and e.get("frozen") is True for e in last)
         # A boot entry whose attestation names another key is refused.
         assert not verify_lines(lines, attestation=lambda entry: "key mismatch").ok
+
+
+async def test_windows_and_the_nonce_guard_survive_a_restart_and_a_gap_waits_for_an_admin(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
+        (account,) = await stack.rpc("clave_newAccount", {})
+        policy = {"version": 1, "rules": [{"name": "hot", "accounts": "*", "value_max": "1 ether",
+                                           "window": {"value_max": "3 ether", "seconds": 3600}}]}
+        await _apply(stack, policy, ADMINS[:2])
+        first = await stack.rpc("account_signTransaction", _tx(account, 0, ETHER))
+        await stack.rpc("account_signTransaction", _tx(account, 1, ETHER))
+        await _drained(stack)
+        await _restart_enclave(stack)
+        # The new boot knows nonce 1 is taken and 2 ether of the hour are spent.
+        assert await _denied(stack, "account_signTransaction", _tx(account, 1, ETHER // 2)) == {
+            "rule": "nonce_guard", "reason": "nonce 1 already signed; a replacement needs a fee bump of at least 10%"}
+        again = await stack.rpc("account_signTransaction", _tx(account, 0, ETHER))
+        assert again["raw"] == first["raw"]  # the same transaction: allowed, and charged again (conservative)
+        assert await _denied(stack, "account_signTransaction", _tx(account, 2, ETHER)) == {
+            "rule": "hot", "reason": "window"}
+        health = await (await stack.http.get("/healthz")).json()
+        assert health["custody"]["sequence"] == 1
+
+        # The parent drops the end of the log (the last sealed head with it): the next boot denies all.
+        lines = await _drained(stack)
+        (stack.config.datadir / "audit.log").write_bytes(b"".join(lines[:3]))
+        await _restart_enclave(stack)
+        status = await _status(stack)
+        assert "does not contain the last sealed head" in status["audit_gap"]
+        assert (await _denied(stack, "account_signTransaction", _tx(account, 5, 1)))["rule"] == "audit-gap"
+        assert "AUDIT LOG GAP" in stack.log_file.read_text()
+        # One admin acknowledges it; signing resumes under the policy.
+        acked = await stack.rpc("clave_auditAck", status["sequence"] + 1,
+                                [_sign(ADMINS[1], "AuditAck", status, status["sequence"] + 1)])
+        assert acked["audit_gap"] is None
+        await stack.rpc("account_signTransaction", _tx(account, 5, 1))
+        lines = await _drained(stack)
+        assert any(json.loads(line)["kind"] == "gap" for line in lines)
+        assert json.loads([x for x in lines if json.loads(x)["kind"] == "gap_ack"][0])["signers"] == [
+            ADMINS[1].address.lower()]
 
 
 def _tampered(lines: list[bytes], how: str, at: int) -> list[bytes]:

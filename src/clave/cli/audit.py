@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clave.cli.client import add_common_options
+from clave.cli.policy import add_audit_ack
 from clave.core.audit import verify_lines
 
 
@@ -36,8 +37,13 @@ def _attestation_check(args: argparse.Namespace) -> Any:
         AWS_NITRO_ROOT_G1_SHA256,
         PcrPolicy,
         load_root,
+        parse_attestation,
         verify_attestation,
     )
+
+    def document_time_ms(document: bytes) -> int:
+        # As of when it was made (its certificates are short-lived); X.509 times have one-second resolution.
+        return parse_attestation(document)[0].timestamp_ms + 1000
 
     root_path = Path(args.root) if args.root else Path(os.path.expanduser(args.datadir)).absolute() / "nsm" / "root.pem"
     try:
@@ -49,7 +55,7 @@ def _attestation_check(args: argparse.Namespace) -> Any:
     def check(entry: dict[str, Any]) -> str | None:
         try:
             document = bytes.fromhex(entry["attestation"])
-            verified = verify_attestation(document, root=root, now_ms=int(entry["t"] * 1000),
+            verified = verify_attestation(document, root=root, now_ms=document_time_ms(document),
                                           pcr_policy=PcrPolicy(allow_debug=args.allow_debug))
             key = decode_audit_key(verified.user_data)
         except (KeyError, ValueError, TypeError):
@@ -110,3 +116,4 @@ def add_audit_commands(sub: Any) -> None:
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.add_argument("--full", action="store_true", help="keep the boot entries' attestation documents")
     tail.set_defaults(func=cmd_audit_tail)
+    add_audit_ack(aud)

@@ -169,6 +169,11 @@ def cmd_freeze(args: argparse.Namespace) -> int:
     return _call(args, "clave_freeze", sequence, [_sign(_admin(args), "Freeze", set_id, sequence)])
 
 
+def cmd_audit_ack(args: argparse.Namespace) -> int:
+    set_id, sequence = _set_and_sequence(args)
+    return _call(args, "clave_auditAck", sequence, [_sign(_admin(args), "AuditAck", set_id, sequence)])
+
+
 def cmd_unfreeze_sign(args: argparse.Namespace) -> int:
     set_id, sequence = _set_and_sequence(args)
     print(json.dumps({"signature": _sign(_admin(args), "Unfreeze", set_id, sequence), "sequence": sequence}))
@@ -191,6 +196,13 @@ def _offline_options(parser: argparse.ArgumentParser) -> None:
                         help="sequence number to sign for (default: the running clave's current one + 1)")
     parser.add_argument("--admin-set-id", default=None,
                         help="0x admin set id (with --sequence, sign without reaching clave: an offline machine)")
+
+
+def add_audit_ack(aud: Any) -> None:
+    ack = aud.add_parser("ack", help="accept a gap in the audit log (one admin): signing resumes under the policy")
+    add_common_options(ack)
+    _signing_options(ack)
+    ack.set_defaults(func=cmd_audit_ack)
 
 
 def add_policy_commands(sub: Any) -> None:

@@ -27,12 +27,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from clave.core.errors import InvalidParams, RequestError
 from clave.core.eth.hashing import keccak256
 from clave.core.policy import authority
-from clave.core.policy.engine import Decision, Denied, PolicyState, evaluate_message, evaluate_tx
+from clave.core.policy.engine import Decision, Denied, NonceEntry, PolicyState, evaluate_message, evaluate_tx
 from clave.core.policy.schema import Policy, canonical_json, parse_policy_bytes
 from clave.enclave.audit import AuditLog
 from clave.enclave.state import EnclaveState
 
 CUSTODY_RECORD_VERSION = 1
+NONCE_LOOKBACK = 3600  # seconds of decisions a new boot replays for the nonce guard (at least)
 Handler = Callable[[dict[str, Any]], Any]
 
 
@@ -44,6 +45,8 @@ class Custody:
     def __init__(self, state: EnclaveState, audit: AuditLog) -> None:
         self.state = state
         self.audit = audit
+        audit.on_resume = self.rebuild
+        self.gap = ""  # the audit log could not vouch for every recent decision: deny until an admin acks
         self.policy: Policy | None = None
         self.document: bytes | None = None  # canonical JSON of the policy in force
         self.sequence = 0
@@ -185,6 +188,8 @@ class Custody:
             "document": self.document,
             "invalid": self.invalid,
             "denials": dict(self.denials),
+            "gap": self.gap or None,
+            "lookback": self.lookback(),
             "allowed": self.allowed,
         }
 
@@ -198,6 +203,8 @@ class Custody:
             raise Denied("custody-record-invalid", "the stored custody record was refused")
         if self.frozen:
             raise Denied("frozen", "signing is frozen by an admin")
+        if self.gap and self.policy is not None:
+            raise Denied("audit-gap", "the audit log has a gap; an admin must acknowledge it (clave audit ack)")
         return self.policy is not None
 
     def check_tx(self, account: bytes, tx: dict[str, Any], preimage: bytes) -> Decision:
@@ -248,8 +255,46 @@ class Custody:
         if denied.rule != "audit-backlog":
             self.audit.record("sign", outcome="denied", rule=denied.rule, reason=denied.reason, **facts)
 
+    # -- after a restart: windows and the nonce guard from the audit log --------------------------
+
+    def lookback(self) -> int:
+        """Seconds of audit log a new boot must replay: the longest window, and an hour for the nonce guard."""
+        longest = max((w.seconds for r in self.policy.rules for w in r.windows), default=0) if self.policy else 0
+        return max(longest, NONCE_LOOKBACK)
+
+    def rebuild(self, entries: list[dict[str, Any]], gap: str) -> None:
+        """Windows and nonce-guard state from the replayed decisions (allowed transactions); a gap (the log
+        cannot vouch that it holds every recent decision) denies everything until an admin acknowledges."""
+        with self._lock:
+            self.gap = gap
+            if self.policy is None:
+                return
+            rules = {r.name: r for r in self.policy.rules}
+            for entry in entries:
+                try:
+                    account = bytes.fromhex(entry["account"][2:])
+                    when, value, rule = float(entry["t"]), int(entry["value"] or 0), rules.get(entry["rule"])
+                    if rule is not None and value:
+                        for i, window in enumerate(rule.windows):
+                            key = (f"{rule.name}#{i}", account if window.per == "account" else b"")
+                            self.engine_state.record_spend(key, when, value)
+                    self.engine_state.record_nonce(account, int(entry["chain"]), int(entry["nonce"]), NonceEntry(
+                        bytes.fromhex(entry["digest"]), int(entry["fee"] or 0), int(entry["tip"] or 0)))
+                except (KeyError, ValueError, TypeError):
+                    continue  # a line from an older format: it only ever makes the state stricter to keep it
+
+    def ack(self, params: dict[str, Any]) -> dict[str, Any]:
+        admins, _, set_id = self._set_id()
+        sequence = self._sequence(params)
+        digest = authority.digest("AuditAck", set_id, sequence)
+        signers = authority.require_admins(digest, params.get("signatures"), admins, 1, "audit acknowledgement")
+        gap, self.gap, self.sequence = self.gap, "", sequence
+        self.audit.record("gap_ack", gap=gap or None, sequence=sequence, signers=["0x" + s.hex() for s in signers])
+        return {"record": self._seal(), "signers": signers, **self.status({})}
+
     def handlers(self) -> dict[str, Handler]:
         return {
+            "audit_ack": self.ack,
             "custody_status": self.status,
             "custody_load": self.load,
             "policy_apply": self.apply,

@@ -11,12 +11,30 @@ import logging
 import os
 from pathlib import Path
 
+import cbor2  # noqa: I001
+
 from clave.core.audit import GENESIS, line_hash
 from clave.core.errors import InfraError, RequestError
 from clave.sidecar.signing.signer import Signer
 
 log = logging.getLogger("clave.audit")
 TAIL_BYTES = 1 << 16
+META_AUDIT_HEAD = "audit_head"  # the enclave's last checkpoint, sealed under the master key (CBOR)
+REPLAY_BATCH = 5000
+
+
+def recent_lines(path: Path, cutoff: float, sealed_index: int) -> list[bytes]:
+    """The file's last lines from the first one that is at most `cutoff` old or at the sealed head."""
+    try:
+        with path.open("rb") as f:
+            lines = [line.rstrip(b"\n") for line in f]
+    except FileNotFoundError:
+        return []
+    for position, line in enumerate(lines):
+        entry = json.loads(line)
+        if entry["t"] >= cutoff or entry["i"] >= sealed_index:
+            return lines[position:]
+    return []
 
 
 def read_head(path: Path) -> tuple[int, str, int]:
@@ -44,18 +62,35 @@ class AuditWriter:
         self.interval = interval
         self.written = -1  # index of the last line written durably
         self.lines = 0  # lines written by this process
+        self._sealed_stored = -1
 
     async def resume(self) -> None:
-        """At bring-up: start the new boot's chain after this file's head (refused, harmlessly, when this
-        boot's chain has started already: the sidecar restarted, the enclave did not)."""
+        """At bring-up: hand a new boot the recent lines of the file (it rebuilds rolling windows and the
+        nonce guard from them, and checks them against the last head it sealed), then start its chain
+        after the file's head. Both are refused, harmlessly, when this boot's chain has started already
+        (the sidecar restarted, the enclave did not)."""
         index, head, last = await asyncio.to_thread(read_head, self.path)
         self.written = last
+        raw = await asyncio.to_thread(self.signer.store.get_meta, META_AUDIT_HEAD)
+        sealed = cbor2.loads(raw) if raw else None
         try:
-            await self.signer.client.call("audit_resume", {"head": head, "index": index}, timeout=30)
-            log.info("audit log continues at entry %d (head %s…)", index, head[:16])
+            status = await self.signer.client.call("custody_status", timeout=30)
+            cutoff = self.signer.clock() - float(status.get("lookback") or 0)
+            sealed_index = int(sealed["index"]) if isinstance(sealed, dict) else index
+            lines = await asyncio.to_thread(recent_lines, self.path, cutoff, sealed_index)
+            for start in range(0, len(lines), REPLAY_BATCH):
+                await self.signer.client.call("audit_replay", {"lines": lines[start:start + REPLAY_BATCH]}, timeout=30)
+            result = await self.signer.client.call(
+                "audit_resume", {"head": head, "index": index, "sealed_head": sealed}, timeout=30)
         except RequestError as exc:
             if "started already" not in exc.message:
                 raise
+        else:
+            if result.get("gap"):
+                log.error("AUDIT LOG GAP: %s; signing is denied until an admin acknowledges it (clave audit ack)",
+                          result["gap"])
+            log.info("audit log continues at entry %d (head %s…; %d recent lines replayed)", index, head[:16],
+                     len(lines))
         await self.drain_once()
 
     async def drain_once(self) -> int:
@@ -67,6 +102,11 @@ class AuditWriter:
                 await asyncio.to_thread(self._append, lines)
                 self.written = int(json.loads(lines[-1])["i"])
                 total += len(lines)
+            sealed = result.get("sealed_head")
+            # The sealed head is stored once its line is on disk: a later boot trusts the file up to it.
+            if sealed is not None and sealed["index"] <= self.written and sealed["index"] != self._sealed_stored:
+                await asyncio.to_thread(self.signer.store.set_meta, META_AUDIT_HEAD, cbor2.dumps(sealed))
+                self._sealed_stored = sealed["index"]
             if not result["more"]:
                 return total
 

@@ -7,6 +7,7 @@ replayed, nor an older one re-applied:
     PolicyUpdate(bytes32 adminSetId, bytes32 policyHash, uint64 sequence)   K signatures
     Freeze(bytes32 adminSetId, uint64 sequence)                              one admin
     Unfreeze(bytes32 adminSetId, uint64 sequence)                            K signatures
+    AuditAck(bytes32 adminSetId, uint64 sequence)                            one admin: accept an audit-log gap
 
 `policyHash` is keccak256 of the canonical JSON of the document (`schema.canonical_json`).
 `adminSetId` is `admin_set_id(admins, threshold)`.
@@ -32,6 +33,7 @@ TYPES: dict[str, list[dict[str, str]]] = {
                      {"name": "sequence", "type": "uint64"}],
     "Freeze": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
     "Unfreeze": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
+    "AuditAck": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
 }
 
 

@@ -38,6 +38,7 @@ def describe(status: dict[str, Any]) -> dict[str, Any]:
         "policy_hash": hex_result(policy_hash) if policy_hash else None,
         "policy": bytes(document).decode() if document else None,
         "record_refused": status.get("invalid") or None,
+        "audit_gap": status.get("gap"),
         "denials": status.get("denials", {}),
         "allowed": status.get("allowed", 0),
     }
@@ -65,7 +66,13 @@ def policy_methods(signer: Signer) -> dict[str, Method]:
         params_ = {"sequence": _sequence(params, 0), "signatures": _signatures(params, 1)}
         return describe(await signer.custody_change("unfreeze", params_))
 
+    async def clave_audit_ack(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        ipc_only(ctx, "clave_auditAck")
+        params_ = {"sequence": _sequence(params, 0), "signatures": _signatures(params, 1)}
+        return describe(await signer.custody_change("audit_ack", params_))
+
     return {
+        "clave_auditAck": Method(clave_audit_ack, 2, 2),
         "clave_policyStatus": Method(clave_policy_status, 0, 0),
         "clave_policyApply": Method(clave_policy_apply, 3, 3),
         "clave_freeze": Method(clave_freeze, 2, 2),
