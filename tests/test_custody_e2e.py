@@ -150,3 +150,21 @@ def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvi
         assert "CUSTODY RECORD REFUSED" in clave.logs()
     finally:
         clave.stop()
+
+    # Every decision above is in the audit log, chained, checkpointed and bound to two attested boots.
+    verified = clave.cli("audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    summary = json.loads(verified.stdout)
+    assert summary["ok"] and summary["boots"] == 2 and summary["checkpoints"] >= 2
+    tail = [json.loads(line) for line in _cli(clave, "audit", "tail", "-n", "1000").splitlines()]
+    decisions = [(e["outcome"], e["rule"]) for e in tail if e["kind"] == "sign"]
+    assert decisions.count(("allowed", "hot-payments")) == 3
+    assert decisions.count(("denied", "hot-payments")) == 3 and ("denied", "frozen") in decisions
+    assert [e["kind"] for e in tail].count("policy") == 1 and "freeze" in [e["kind"] for e in tail]
+    log_file = clave.datadir / "audit.log"
+    lines = log_file.read_bytes().splitlines(keepends=True)
+    target = next(n for n, e in enumerate(tail) if e["kind"] == "sign" and e["outcome"] == "denied")
+    lines[target] = lines[target].replace(b'"denied"', b'"allowed"')
+    log_file.write_bytes(b"".join(lines))
+    broken = clave.cli("audit", "verify")
+    assert broken.returncode == 1 and f"audit.log:{target + 1}: changed" in broken.stderr

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from clave.core.errors import ConfigError
+from clave.core.errors import ClaveError, ConfigError
 from clave.link.sockets import parse_address
 from clave.sidecar.audit import AuditWriter
 from clave.sidecar.config import SidecarConfig
@@ -115,6 +115,11 @@ class Sidecar:
         if self._audit_task is not None:
             self._audit_task.cancel()
             await asyncio.gather(self._audit_task, return_exceptions=True)
+        if self.audit is not None and self.signer.ready:
+            try:  # the last decisions, before the enclave goes too
+                await asyncio.wait_for(self.audit.drain_once(), 5)
+            except (ClaveError, TimeoutError) as exc:
+                log.warning("audit log: last drain failed: %s", getattr(exc, "message", "timed out"))
         await self.signer.stop()
         if self.ipc is not None:
             await self.ipc.close()
