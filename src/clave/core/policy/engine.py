@@ -40,22 +40,33 @@ class NonceEntry:
 
 
 @dataclass
+class Spends:
+    """One rolling window's spends, oldest first, and their running total (O(1) per check, amortized)."""
+
+    entries: deque[tuple[float, int]] = field(default_factory=deque)
+    total: int = 0
+
+
+@dataclass
 class PolicyState:
     """What evaluation remembers: rolling-window spends and the last transaction per account+chain+nonce."""
 
-    windows: dict[tuple[str, bytes], deque[tuple[float, int]]] = field(default_factory=dict)
+    windows: dict[tuple[str, bytes], Spends] = field(default_factory=dict)
     nonces: dict[tuple[bytes, int, int], NonceEntry] = field(default_factory=dict)
 
     def spent(self, key: tuple[str, bytes], seconds: int, now: float) -> int:
-        entries = self.windows.get(key)
-        if not entries:
+        spends = self.windows.get(key)
+        if spends is None:
             return 0
+        entries = spends.entries
         while entries and entries[0][0] <= now - seconds:
-            entries.popleft()
-        return sum(v for _, v in entries)
+            spends.total -= entries.popleft()[1]
+        return spends.total
 
     def record_spend(self, key: tuple[str, bytes], now: float, value: int) -> None:
-        self.windows.setdefault(key, deque()).append((now, value))
+        spends = self.windows.setdefault(key, Spends())
+        spends.entries.append((now, value))
+        spends.total += value
 
     def record_nonce(self, account: bytes, chain_id: int, nonce: int, entry: NonceEntry) -> None:
         self.nonces[(account, chain_id, nonce)] = entry
@@ -152,7 +163,7 @@ def evaluate_tx(policy: Policy, state: PolicyState, account: bytes, tx: Mapping[
             if not (_bumped(fee, previous.fee) and _bumped(tip, previous.tip)):
                 raise Denied("nonce_guard", f"nonce {nonce} already signed; a replacement needs a fee bump of "
                                             f"at least {BUMP_PERCENT}%")
-    rules = [r for r in policy.rules_for(account) if r.kind == "transaction"]
+    rules = policy.rules_for(account, "transaction")
     to = tx.get("to")
     for rule in rules:
         if rule.action == "deny" and _tx_in_scope(rule, tx):
@@ -240,7 +251,7 @@ def _message_refusal(rule: Rule, kind: str, typed: Mapping[str, Any] | None) -> 
 
 def evaluate_message(policy: Policy, account: bytes, kind: str, typed: Mapping[str, Any] | None = None) -> Decision:
     """Allow a message signature of `kind` (personal, typed_data, clique, validator) or raise Denied."""
-    rules = [r for r in policy.rules_for(account) if r.kind == "message"]
+    rules = policy.rules_for(account, "message")
     for rule in rules:
         if rule.action == "deny" and (not rule.messages or kind in rule.messages):
             raise Denied(rule.name, "deny rule")

@@ -84,9 +84,17 @@ class Policy:
     rules: tuple[Rule, ...]
     nonce_guard: bool
     groups: dict[str, frozenset[bytes]] = field(default_factory=dict)
+    _cache: dict[tuple[bytes, str], tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
 
-    def rules_for(self, account: bytes) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.accounts is None or account in r.accounts)
+    def rules_for(self, account: bytes, kind: str) -> tuple[Rule, ...]:
+        """The rules of `kind` that apply to `account`, in document order (memoized per account)."""
+        key = (account, kind)
+        found = self._cache.get(key)
+        if found is None:
+            found = tuple(r for r in self.rules if r.kind == kind and (r.accounts is None or account in r.accounts))
+            if len(self._cache) < 100_000:
+                self._cache[key] = found
+        return found
 
 
 def canonical_json(document: Any) -> bytes:
