@@ -232,3 +232,19 @@ def test_admin_signatures_k_of_n_from_eth_account() -> None:
     other = authority.digest("PolicyUpdate", authority.admin_set_id(addresses, 1), 7, doc_hash)
     with pytest.raises(authority.AuthorizationError, match="0 admin"):  # signed for another admin set id
         authority.require_admins(other, [sig(admins[0]), sig(admins[1])], addresses, 2, "policy")
+
+
+def test_the_readme_example_policy_parses_and_means_what_it_says() -> None:
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### Example: hot, warm and cold", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(yaml.safe_load(block))
+    hot, warm, cold = (bytes.fromhex(c * 40) for c in "134")
+    payout = bytes.fromhex("703c4b2bD70c169f5717101CaeE543299Fc946C7")
+    transfer = bytes.fromhex("a9059cbb") + bytes(64)
+    assert _check(policy, _tx(ETHER, to=payout, data=transfer), account=hot) == "hot-payouts"
+    assert _denied(policy, _tx(ETHER, to=bytes.fromhex("99" * 20)), account=hot) == ("no-mixer", "deny rule")
+    assert _denied(policy, _tx(ETHER, to=payout, data=transfer), account=cold)[0] == "default-deny"
+    assert _check(policy, _tx(40 * ETHER, to=bytes.fromhex("55" * 20)), account=warm) == "warm-to-exchange"
+    assert evaluate_message(policy, hot, "typed_data", {"domain": {"chainId": 1, "name": "Permit2"}}).rule == "hot-login"
