@@ -5,6 +5,7 @@ names the first bad line after one byte is changed, an entry removed, or two ent
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -137,6 +138,76 @@ async def test_windows_and_the_nonce_guard_survive_a_restart_and_a_gap_waits_for
         assert any(json.loads(line)["kind"] == "gap" for line in lines)
         assert json.loads([x for x in lines if json.loads(x)["kind"] == "gap_ack"][0])["signers"] == [
             ADMINS[1].address.lower()]
+
+
+async def test_a_process_that_resumes_the_log_first_after_a_restart_gets_a_gap_not_fresh_windows(
+        tmp_path: Path) -> None:
+    from clave.sidecar.signing.enclave_client import EnclaveClient
+
+    async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
+        (account,) = await stack.rpc("clave_newAccount", {})
+        policy = {"version": 1, "rules": [{"name": "hot", "accounts": "*",
+                                           "window": {"value_max": "1 ether", "seconds": 3600}}]}
+        await _apply(stack, policy, ADMINS[:2])
+        await stack.rpc("account_signTransaction", _tx(account, 0, ETHER))
+        await _drained(stack)
+        signer = stack.signer
+
+        async def attacker_resumes() -> None:
+            """A process on the parent that reaches the restarted enclave first and starts the audit chain
+            with nothing (no replay, no sealed head), hoping for empty windows."""
+            direct = EnclaveClient(stack.enclave.address)
+            try:
+                await direct.call("audit_resume", {})
+            finally:
+                await direct.close()
+
+        # 1. before the sidecar has loaded the custody state into the new boot
+        settle = signer._settle_custody  # noqa: SLF001 - the test puts the race at a chosen point
+
+        async def racing_settle() -> None:
+            await attacker_resumes()
+            await settle()
+
+        signer._settle_custody = racing_settle  # type: ignore[method-assign]  # noqa: SLF001
+        await _restart_enclave(stack)
+        signer._settle_custody = settle  # type: ignore[method-assign]  # noqa: SLF001
+        assert "after the audit log was resumed" in (await _status(stack))["audit_gap"]
+        assert (await _denied(stack, "account_signTransaction", _tx(account, 1, ETHER)))["rule"] == "audit-gap"
+
+        # 2. after the custody state is loaded, before the sidecar resumes the log with its sealed head
+        resume = signer.on_bring_up
+
+        async def racing_resume() -> None:
+            await attacker_resumes()
+            assert resume is not None
+            await resume()
+
+        signer.on_bring_up = racing_resume
+        await _restart_enclave(stack)
+        signer.on_bring_up = resume
+        assert "without the sealed head" in (await _status(stack))["audit_gap"]
+        assert (await _denied(stack, "account_signTransaction", _tx(account, 1, ETHER)))["rule"] == "audit-gap"
+
+        # The chains those boots wrote do not continue the file's: the next boot finds the log broken and
+        # keeps denying; once an admin acknowledges, the window rebuilt from the log still holds.
+        await _restart_enclave(stack)
+        status = await _status(stack)
+        assert status["audit_gap"] is not None
+        assert (await _denied(stack, "account_signTransaction", _tx(account, 1, ETHER)))["rule"] == "audit-gap"
+        await stack.rpc("clave_auditAck", status["sequence"] + 1,
+                        [_sign(ADMINS[0], "AuditAck", status, status["sequence"] + 1)])
+        assert await _denied(stack, "account_signTransaction", _tx(account, 1, ETHER)) == {
+            "rule": "hot", "reason": "window"}
+
+
+async def _restart_enclave_wait(stack: Stack) -> None:
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        hello = await stack.signer.client.call("hello")
+        if stack.signer.ready and stack.signer.boot_public == hello["public_key"]:
+            return
+    raise AssertionError(f"not brought up again: {stack.signer.status.last_error}")
 
 
 def _tampered(lines: list[bytes], how: str, at: int) -> list[bytes]:

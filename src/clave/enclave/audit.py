@@ -68,7 +68,7 @@ class AuditLog:
         self.replayed: list[dict[str, Any]] = []
         self.replay_problem = ""
         # Set by the custody policy: it rebuilds its state from the replayed entries, or denies on a gap.
-        self.on_resume: Callable[[list[dict[str, Any]], str], None] | None = None
+        self.on_resume: Callable[[list[dict[str, Any]], str, bool], None] | None = None
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -93,6 +93,10 @@ class AuditLog:
         if self._since_checkpoint and (self._since_checkpoint >= self.every
                                        or self.state.clock() - self._last_checkpoint >= self.seconds):
             self._checkpoint()
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     def record(self, kind: str, **fields: Any) -> None:
         """Append one event (never key material: addresses, hashes, amounts, rule names)."""
@@ -211,7 +215,7 @@ class AuditLog:
                 self._append({"kind": "gap", "reason": gap})
             self._checkpoint()  # the boot entry is vouched for at once
         if self.on_resume is not None:
-            self.on_resume(self.replayed, gap)
+            self.on_resume(self.replayed, gap, params.get("sealed_head") is not None)
         self.replayed, self._replay_hashes = [], {}
         return {"index": self._index, "head": self._prev, "gap": gap or None}
 

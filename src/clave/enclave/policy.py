@@ -119,6 +119,12 @@ class Custody:
                                f"{exc.message}") from None
         if sequence < self.sequence:
             raise RequestError(f"custody record refused: sequence {sequence} is older than this boot's {self.sequence}")
+        if sequence == self.sequence and document == self.document and frozen == self.frozen:
+            return self.status({})  # the sidecar restarted, the enclave did not: nothing changes
+        if self.audit.started and policy is not None:
+            # The windows and the nonce guard are rebuilt when the audit chain starts; a policy that
+            # arrives after that (someone resumed the chain before the sidecar loaded the state) has none.
+            self.gap = "the custody state was loaded after the audit log was resumed (windows not rebuilt)"
         self.policy, self.document, self.sequence, self.frozen, self.invalid = policy, document, sequence, frozen, ""
         self.audit.record("custody_load", sequence=sequence, frozen=frozen, policy=self._hash_hex())
         return self.status({})
@@ -262,10 +268,14 @@ class Custody:
         longest = max((w.seconds for r in self.policy.rules for w in r.windows), default=0) if self.policy else 0
         return max(longest, NONCE_LOOKBACK)
 
-    def rebuild(self, entries: list[dict[str, Any]], gap: str) -> None:
+    def rebuild(self, entries: list[dict[str, Any]], gap: str, anchored: bool) -> None:
         """Windows and nonce-guard state from the replayed decisions (allowed transactions); a gap (the log
-        cannot vouch that it holds every recent decision) denies everything until an admin acknowledges."""
+        cannot vouch that it holds every recent decision) denies everything until an admin acknowledges.
+        A policy in force was applied in an earlier boot, whose checkpoint sealed a head: resuming without
+        one (whoever reached the enclave first after a restart, with an empty log) is a gap too."""
         with self._lock:
+            if not gap and self.policy is not None and not anchored:
+                gap = "the log was resumed without the sealed head of the boot that applied the policy"
             self.gap = gap
             if self.policy is None:
                 return
