@@ -17,6 +17,7 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
+from clave.core.errors import RequestError
 from clave.core.policy import authority
 from clave.core.policy.schema import canonical_json
 from clave.core.provenance import decode_policy
@@ -214,3 +215,63 @@ async def test_without_admins_signing_is_open_and_the_log_says_so(tmp_path: Path
         assert await _attested_policy(stack) is None
         with pytest.raises(RpcFailure, match="no admin set"):
             await stack.rpc("clave_freeze", 1, ["0x" + "00" * 65])
+
+
+async def test_a_rule_that_needs_approval_holds_the_request_until_admins_sign_it(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
+        (account,) = await stack.rpc("clave_newAccount", {})
+        policy = {"version": 1, "rules": [
+            {"name": "warm", "accounts": "*", "value_max": "10 ether",
+             "approval": {"above": "1 ether", "approvers": 2, "timeout": 1}}]}
+        await _apply(stack, policy, ADMINS[:2])
+        status = await _status(stack)
+        set_id = bytes.fromhex(status["admin_set_id"][2:])
+        await stack.rpc("account_signTransaction", _tx(account, 0, ETHER))  # at the limit: no approval needed
+
+        async def waiting() -> dict[str, Any]:
+            for _ in range(100):
+                listed = await stack.rpc("clave_approvals")
+                if listed:
+                    return listed[0]  # type: ignore[no-any-return]
+                await asyncio.sleep(0.01)
+            raise AssertionError("nothing held")
+
+        def approval(admin: Any, item: dict[str, Any]) -> str:
+            typed = authority.approval_message(set_id, bytes.fromhex(item["request"][2:]))
+            return "0x" + bytes(admin.sign_typed_data(full_message=typed).signature).hex()
+
+        # Approved by two admins: signed only then; the approval names this exact transaction.
+        held = asyncio.create_task(stack.rpc("account_signTransaction", _tx(account, 1, 5 * ETHER)))
+        item = await waiting()
+        assert (item["rule"], item["approvers"], item["approvals"], item["value"]) == ("warm", 2, 0, str(5 * ETHER))
+        assert not held.done()
+        with pytest.raises(RpcFailure, match=f"0x{STRANGER.address[2:].lower()} is not an admin"):
+            await stack.rpc("clave_approve", item["id"], approval(STRANGER, item))
+        first = await stack.rpc("clave_approve", item["id"], approval(ADMINS[0], item))
+        assert first == {"id": item["id"], "approvals": 1, "signed": False}
+        assert not held.done()
+        assert (await stack.rpc("clave_approve", item["id"], approval(ADMINS[2], item)))["signed"] is True
+        signed = await held
+        assert Account.recover_transaction(signed["raw"]).lower() == account and int(signed["tx"]["value"], 16) == 5 * ETHER
+        assert await stack.rpc("clave_approvals") == []
+        # The enclave itself checks: approvals for another transaction do not sign this one.
+        direct_tx = {"type": 2, "chainId": 31337, "nonce": 2, "gas": 21000, "value": 5 * ETHER,
+                     "to": bytes.fromhex(ALLOWED_TO[2:]), "data": b"", "maxFeePerGas": 1, "maxPriorityFeePerGas": 1,
+                     "accessList": []}
+        with pytest.raises(RequestError, match="0 admin signature"):
+            await stack.signer.client.call("sign_tx", {"address": bytes.fromhex(account[2:]), "tx": direct_tx,
+                                                       "approvals": [bytes.fromhex(approval(ADMINS[0], item)[2:])]})
+
+        # Rejected: request denied at once. Not approved within the timeout (1 s): request denied.
+        held = asyncio.create_task(_denied(stack, "account_signTransaction", _tx(account, 2, 2 * ETHER)))
+        item = await waiting()
+        await stack.rpc("clave_reject", item["id"])
+        assert await held == {"rule": "warm", "reason": "approval rejected"}
+        assert await _denied(stack, "account_signTransaction", _tx(account, 2, 3 * ETHER)) == {
+            "rule": "warm", "reason": "approval timed out"}
+        lines = (stack.config.datadir / "audit.log")
+        assert stack.sidecar.audit is not None
+        await stack.sidecar.audit.drain_once()
+        outcomes = [json.loads(line).get("outcome") for line in lines.read_bytes().splitlines()]
+        assert [o for o in outcomes if o] == ["allowed", "pending", "approved", "pending", "rejected", "pending",
+                                              "timed_out"]

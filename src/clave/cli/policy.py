@@ -174,6 +174,43 @@ def cmd_audit_ack(args: argparse.Namespace) -> int:
     return _call(args, "clave_auditAck", sequence, [_sign(_admin(args), "AuditAck", set_id, sequence)])
 
 
+def cmd_approvals_list(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        for item in client.call("clave_approvals"):
+            print(json.dumps(item))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from clave.sidecar.transports.ipc_client import RpcCallError
+
+    with connect(args) as client:
+        status = client.call("clave_policyStatus")
+        pending = [p for p in client.call("clave_approvals") if p["id"] == args.id.removeprefix("0x")[:16]]
+        if not pending:
+            raise SystemExit(f"clave: no request {args.id} waits for approval (clave approvals list)")
+        request = bytes.fromhex(pending[0]["request"][2:])
+        set_id = bytes.fromhex(status["admin_set_id"][2:])
+        typed = authority.approval_message(set_id, request)
+        signature = "0x" + bytes(_admin(args).sign_typed_data(full_message=typed).signature).hex()
+        try:
+            print(json.dumps(client.call("clave_approve", pending[0]["id"], signature)))
+        except RpcCallError as exc:
+            raise SystemExit(f"clave: {exc.message}") from None
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from clave.sidecar.transports.ipc_client import RpcCallError
+
+    with connect(args) as client:
+        try:
+            print(json.dumps(client.call("clave_reject", args.id)))
+        except RpcCallError as exc:
+            raise SystemExit(f"clave: {exc.message}") from None
+    return 0
+
+
 def cmd_unfreeze_sign(args: argparse.Namespace) -> int:
     set_id, sequence = _set_and_sequence(args)
     print(json.dumps({"signature": _sign(_admin(args), "Unfreeze", set_id, sequence), "sequence": sequence}))
@@ -226,6 +263,22 @@ def add_policy_commands(sub: Any) -> None:
     apply.add_argument("--signature", action="append", required=True, help="an admin's signature (repeat K times)")
     apply.add_argument("--sequence", type=int, default=None)
     apply.set_defaults(func=cmd_policy_apply)
+
+    approvals = sub.add_parser("approvals", help="requests a custody rule holds for admin approval")
+    apr = approvals.add_subparsers(dest="approvals_command", required=True)
+    alist = apr.add_parser("list", help="the requests waiting, one JSON line each")
+    add_common_options(alist)
+    alist.set_defaults(func=cmd_approvals_list)
+    approve = sub.add_parser("approve", help="approve a held request (an admin's EIP-712 signature over it)")
+    add_common_options(approve)
+    approve.add_argument("id")
+    approve.add_argument("--keyfile", required=True, help="V3 keyfile of an admin key")
+    approve.add_argument("--password-file", required=True, help="password of the admin keyfile")
+    approve.set_defaults(func=cmd_approve)
+    reject = sub.add_parser("reject", help="reject a held request: its caller gets `request denied`")
+    add_common_options(reject)
+    reject.add_argument("id")
+    reject.set_defaults(func=cmd_reject)
 
     freeze = sub.add_parser("freeze", help="stop all signing now (any one admin)")
     add_common_options(freeze)

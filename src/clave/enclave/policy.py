@@ -27,7 +27,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from clave.core.errors import InvalidParams, RequestError
 from clave.core.eth.hashing import keccak256
 from clave.core.policy import authority
-from clave.core.policy.engine import Decision, Denied, NonceEntry, PolicyState, evaluate_message, evaluate_tx
+from clave.core.policy.engine import (
+    ApprovalRequired,
+    Decision,
+    Denied,
+    NonceEntry,
+    PolicyState,
+    evaluate_message,
+    evaluate_tx,
+)
 from clave.core.policy.schema import Policy, canonical_json, parse_policy_bytes
 from clave.enclave.audit import AuditLog
 from clave.enclave.state import EnclaveState
@@ -213,7 +221,7 @@ class Custody:
             raise Denied("audit-gap", "the audit log has a gap; an admin must acknowledge it (clave audit ack)")
         return self.policy is not None
 
-    def check_tx(self, account: bytes, tx: dict[str, Any], preimage: bytes) -> Decision:
+    def check_tx(self, account: bytes, tx: dict[str, Any], preimage: bytes, approvals: Any = None) -> Decision:
         """Allow (and count against windows and the nonce guard at once, under a lock: handlers run in
         several threads, and two requests must not both fit the last of a window) or raise Denied. Either
         way the decision goes into the audit log."""
@@ -232,13 +240,33 @@ class Custody:
                     assert self.policy is not None
                     now = self.state.clock()
                     decision = evaluate_tx(self.policy, self.engine_state, account, tx, digest, now)
-                    decision.commit(now)
             except Denied as denied:
                 self._denied(denied, facts)
                 raise
+            extra: dict[str, Any] = {}
+            if decision.approval is not None:
+                request = authority.approval_request(account, preimage)
+                if approvals is None:
+                    self.audit.record("sign", outcome="pending", rule=decision.rule, request=request.hex(), **facts)
+                    raise ApprovalRequired(decision.rule, request, decision.approval.approvers, decision.approval.timeout)
+                admins, _, set_id = self._set_id()
+                approvers = authority.require_admins(authority.approval_digest(set_id, request), approvals, admins,
+                                                     decision.approval.approvers, "approval")
+                extra = {"request": request.hex(), "approvers": ["0x" + a.hex() for a in approvers]}
+            decision.commit(self.state.clock())
             self.allowed += 1
-            self.audit.record("sign", outcome="allowed", rule=decision.rule, **facts)
+            self.audit.record("sign", outcome="approved" if extra else "allowed", rule=decision.rule, **extra, **facts)
         return decision
+
+    def approval_outcome(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The sidecar's word that a held request was rejected or timed out: recorded, nothing else."""
+        request, outcome, rule = params.get("request"), params.get("outcome"), params.get("rule")
+        if not isinstance(request, bytes) or len(request) != 32 or outcome not in ("rejected", "timed_out") \
+                or not isinstance(rule, str) or len(rule) > 64:
+            raise InvalidParams("request: 32 bytes; outcome: rejected or timed_out; rule: a rule name")
+        self.denials[rule] += 1
+        self.audit.record("sign", outcome=outcome, rule=rule, request=request.hex())
+        return {}
 
     def check_message(self, account: bytes, kind: str, typed: dict[str, Any] | None = None) -> Decision:
         facts = {"account": "0x" + account.hex(), "what": kind}
@@ -305,6 +333,7 @@ class Custody:
     def handlers(self) -> dict[str, Handler]:
         return {
             "audit_ack": self.ack,
+            "approval_outcome": self.approval_outcome,
             "custody_status": self.status,
             "custody_load": self.load,
             "policy_apply": self.apply,

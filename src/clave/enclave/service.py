@@ -227,7 +227,7 @@ class EnclaveService:
         preimage, finish = transactions.prepare(tx)
         address = _bytes(params, "address", 20)
         self._keys.get(address)
-        self.custody.check_tx(address, tx, preimage)  # Denied: clef's "request denied"
+        self.custody.check_tx(address, tx, preimage, params.get("approvals"))  # Denied: clef's "request denied"
         signature, _ = self._sign(params, preimage)
         raw = finish(signature.y_parity, signature.r, signature.s)
         return {

@@ -256,6 +256,7 @@ def build_sidecar(
         metrics.records_refused.set(status.unseal_failures)
         metrics.attested.set(1 if status.attested else 0)
         metrics.master_mismatch.set(1 if status.master_mismatch else 0)
+        metrics.approvals_pending.set(len(signer.approvals))
         if status.attested:
             metrics.attestation_age.set(time.time() - status.attested_at)
         return metrics.render()

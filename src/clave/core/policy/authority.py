@@ -8,6 +8,9 @@ replayed, nor an older one re-applied:
     Freeze(bytes32 adminSetId, uint64 sequence)                              one admin
     Unfreeze(bytes32 adminSetId, uint64 sequence)                            K signatures
     AuditAck(bytes32 adminSetId, uint64 sequence)                            one admin: accept an audit-log gap
+    Approval(bytes32 adminSetId, bytes32 request)                            a rule's approvers: one transaction
+
+`request` is `approval_request(account, preimage)`: the exact transaction the enclave will sign, for whom.
 
 `policyHash` is keccak256 of the canonical JSON of the document (`schema.canonical_json`).
 `adminSetId` is `admin_set_id(admins, threshold)`.
@@ -34,6 +37,7 @@ TYPES: dict[str, list[dict[str, str]]] = {
     "Freeze": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
     "Unfreeze": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
     "AuditAck": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
+    "Approval": [{"name": "adminSetId", "type": "bytes32"}, {"name": "request", "type": "bytes32"}],
 }
 
 
@@ -50,9 +54,23 @@ def policy_hash(canonical: bytes) -> bytes:
     return keccak256(canonical)
 
 
+def approval_request(account: bytes, preimage: bytes) -> bytes:
+    """What an approval names: keccak256(account ‖ keccak256(signing preimage of the transaction))."""
+    return keccak256(account + keccak256(preimage))
+
+
+def approval_message(set_id: bytes, request: bytes) -> dict[str, Any]:
+    return {"types": {"EIP712Domain": _DOMAIN_TYPE, "Approval": TYPES["Approval"]}, "primaryType": "Approval",
+            "domain": dict(DOMAIN), "message": {"adminSetId": "0x" + set_id.hex(), "request": "0x" + request.hex()}}
+
+
+def approval_digest(set_id: bytes, request: bytes) -> bytes:
+    return keccak256(typed_data_preimage(approval_message(set_id, request)))
+
+
 def typed_message(action: str, set_id: bytes, sequence: int, document_hash: bytes | None = None) -> dict[str, Any]:
     """The EIP-712 document (eth_signTypedData_v4 JSON shape) an admin signs for `action`."""
-    if action not in TYPES:
+    if action not in TYPES or action == "Approval":
         raise ValueError(f"unknown action {action}")
     message: dict[str, Any] = {"adminSetId": "0x" + set_id.hex(), "sequence": sequence}
     if action == "PolicyUpdate":

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clave.core.errors import SERVER_ERROR, RequestError
-from clave.core.policy.schema import Policy, Rule, Window
+from clave.core.policy.schema import Approval, Policy, Rule, Window
 
 DENIED_MESSAGE = "request denied"  # clef's ErrRequestDenied text
 BUMP_PERCENT = 10  # geth txpool's default price bump for a replacement
@@ -72,10 +72,24 @@ class PolicyState:
         self.nonces[(account, chain_id, nonce)] = entry
 
 
+class ApprovalRequired(RequestError):
+    """The rule that allows the request wants admins to approve it first. The sidecar holds the request
+    (`clave approvals list`, `clave approve`) and asks again with the approvals; `data` names the request."""
+
+    def __init__(self, rule: str, request: bytes, approvers: int, timeout: int) -> None:
+        super().__init__("approval required", code=SERVER_ERROR)
+        self.rule = rule
+        self.request = request
+        self.approvers = approvers
+        self.timeout = timeout
+        self.data = {"rule": rule, "approval": request.hex(), "approvers": approvers, "timeout": timeout}
+
+
 @dataclass
 class Decision:
     rule: str  # the rule that allowed it ("no-policy" without a policy)
     commit: Callable[[float], None]
+    approval: Approval | None = None  # the allowing rule wants this many approvals first
 
 
 def _noop(now: float) -> None:
@@ -184,7 +198,9 @@ def evaluate_tx(policy: Policy, state: PolicyState, account: bytes, tx: Mapping[
         if reason is not None:
             first_refusal = first_refusal or (rule.name, reason)
             continue
-        return Decision(rule.name, _tx_commit(state, rule, account, chain_id, nonce, NonceEntry(digest, fee, tip), value))
+        approval = rule.approval if rule.approval is not None and value > rule.approval.above else None
+        return Decision(rule.name, _tx_commit(state, rule, account, chain_id, nonce, NonceEntry(digest, fee, tip), value),
+                        approval)
     if first_refusal is not None:
         raise Denied(*first_refusal)
     raise Denied("default-deny", "no rule allows transactions for this account")

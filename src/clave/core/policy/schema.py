@@ -13,7 +13,8 @@ Transaction conditions (absent = unconstrained unless said otherwise): `chain_id
 `value_max`, `window` ({"value_max", "seconds", "per": "account" | "group"}, or a list of them, all of which
 must hold; "group": one budget for every account the rule names), `gas_max`,
 `max_fee_per_gas`, `max_priority_fee_per_gas`, `authorization_targets` (EIP-7702; absent = type 4 refused),
-`blob_txs` (default false). Message conditions: `messages` (["personal", "typed_data", "clique",
+`blob_txs` (default false), `approval` ({"above": amount, "approvers": N, "timeout": seconds}: a request
+this rule allows, above that value, waits for N admins to approve the exact transaction). Message conditions: `messages` (["personal", "typed_data", "clique",
 "validator"]), `typed_data_domains` ([{"chainId", "verifyingContract", "name"}], each key optional).
 Amounts are integers (wei), decimal strings, or strings with a unit: "1.5 ether", "30 gwei".
 """
@@ -50,6 +51,16 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Approval:
+    """A rule's "needs approval": above `above` wei, `approvers` admins sign the exact transaction
+    (EIP-712 `Approval`) within `timeout` seconds, or the request is denied."""
+
+    above: int
+    approvers: int
+    timeout: int
+
+
+@dataclass(frozen=True)
 class Domain:
     chain_id: int | None
     verifying_contract: bytes | None
@@ -75,6 +86,7 @@ class Rule:
     max_priority_fee_per_gas: int | None = None
     authorization_targets: frozenset[bytes] | None = None
     blob_txs: bool = False
+    approval: Approval | None = None
     messages: frozenset[str] = frozenset()
     typed_data_domains: tuple[Domain, ...] | None = None
 
@@ -180,7 +192,9 @@ def _addresses(value: Any, path: str) -> frozenset[bytes]:
     return frozenset(_address(v, f"{path}[{i}]") for i, v in enumerate(_list(value, path)))
 
 
-_TX_FIELDS = {"chain_ids", "to", "to_deny", "contract_creation", "selectors", "value_max", "window", "gas_max",
+MAX_APPROVAL_TIMEOUT = 3600
+DEFAULT_APPROVAL_TIMEOUT = 300
+_TX_FIELDS = {"approval", "chain_ids", "to", "to_deny", "contract_creation", "selectors", "value_max", "window", "gas_max",
               "max_fee_per_gas", "max_priority_fee_per_gas", "authorization_targets", "blob_txs"}
 _MESSAGE_FIELDS = {"chain_ids", "messages", "typed_data_domains"}
 _COMMON = {"name", "accounts", "action", "kind", "comment"}
@@ -266,6 +280,15 @@ def _rule(value: Any, index: int, groups: dict[str, frozenset[bytes]], names: se
                 raise _fail(f"{where}.seconds", "at most a year")
             windows.append(Window(amount(w["value_max"], f"{where}.value_max"), seconds, per))
         fields["windows"] = tuple(windows)
+    if "approval" in raw:
+        a = _keys(raw["approval"], f"{path}.approval", {"above", "approvers", "timeout"})
+        approvers = _int(a.get("approvers", 1), f"{path}.approval.approvers", minimum=1)
+        if approvers > 16:
+            raise _fail(f"{path}.approval.approvers", "at most 16")
+        timeout = _int(a.get("timeout", DEFAULT_APPROVAL_TIMEOUT), f"{path}.approval.timeout", minimum=1)
+        if timeout > MAX_APPROVAL_TIMEOUT:
+            raise _fail(f"{path}.approval.timeout", f"at most {MAX_APPROVAL_TIMEOUT} seconds")
+        fields["approval"] = Approval(amount(a.get("above", 0), f"{path}.approval.above"), approvers, timeout)
     if "messages" in raw:
         kinds = set()
         for i, m in enumerate(_list(raw["messages"], f"{path}.messages")):
@@ -290,7 +313,7 @@ def _rule(value: Any, index: int, groups: dict[str, frozenset[bytes]], names: se
             ))
         fields["typed_data_domains"] = tuple(domains)
     if action == "deny":
-        for key in ("value_max", "window", "gas_max", "max_fee_per_gas", "max_priority_fee_per_gas", "to_deny",
+        for key in ("approval", "value_max", "window", "gas_max", "max_fee_per_gas", "max_priority_fee_per_gas", "to_deny",
                     "authorization_targets", "typed_data_domains"):
             if key in raw:
                 raise _fail(f"{path}.{key}", "a deny rule names what it denies (chain_ids, to, selectors, "

@@ -42,6 +42,9 @@ class Metrics:
         # processes the latest write is the true one.
         mode: Literal["mostrecent"] = "mostrecent"
         self.keys_loaded = Gauge("clave_keys_loaded", "Accounts unsealed in the enclave", registry=r, multiprocess_mode=mode)
+        # Each process holds its own waiting requests: the sum over live processes.
+        self.approvals_pending = Gauge("clave_approvals_pending", "Requests waiting for admin approval", registry=r,
+                                       multiprocess_mode="livesum")
         self.attested = Gauge(
             "clave_attestation_ok", "1 when the enclave's last attestation verified", registry=r, multiprocess_mode=mode
         )

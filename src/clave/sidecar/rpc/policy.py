@@ -71,7 +71,24 @@ def policy_methods(signer: Signer) -> dict[str, Method]:
         params_ = {"sequence": _sequence(params, 0), "signatures": _signatures(params, 1)}
         return describe(await signer.custody_change("audit_ack", params_))
 
+    async def clave_approvals(params: list[Any], ctx: CallContext) -> list[dict[str, Any]]:
+        ipc_only(ctx, "clave_approvals")
+        return signer.approvals.list()
+
+    async def clave_approve(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        """request id, an admin's EIP-712 `Approval` signature over it."""
+        ipc_only(ctx, "clave_approve")
+        request_id = params[0] if isinstance(params[0], str) else ""
+        return await signer.approvals.approve(request_id, args.data(params, 1))
+
+    async def clave_reject(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        ipc_only(ctx, "clave_reject")
+        return await signer.approvals.reject(params[0] if isinstance(params[0], str) else "")
+
     return {
+        "clave_approvals": Method(clave_approvals, 0, 0),
+        "clave_approve": Method(clave_approve, 2, 2),
+        "clave_reject": Method(clave_reject, 1, 1),
         "clave_auditAck": Method(clave_audit_ack, 2, 2),
         "clave_policyStatus": Method(clave_policy_status, 0, 0),
         "clave_policyApply": Method(clave_policy_apply, 3, 3),

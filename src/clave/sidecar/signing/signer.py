@@ -21,9 +21,11 @@ import cbor2
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
-from clave.core.policy.engine import Denied
+from clave.core.policy import authority
+from clave.core.policy.engine import ApprovalRequired, Denied
 from clave.core.provenance import ProvenanceError, admin_set_hash, decode_admins, decode_user_data
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
+from clave.sidecar.approvals import Approvals
 from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.signing.enclave_client import (
     SLOW_TIMEOUT,
@@ -146,6 +148,7 @@ class Signer:
         self.admin_threshold = admin_threshold  # `--admin-threshold`: K of those admins for custody changes
         self.on_denied: Callable[[str], None] | None = None  # the wiring counts policy denials by rule
         self.on_bring_up: Callable[[], Awaitable[None]] | None = None  # the audit writer resumes the chain
+        self.approvals = Approvals(self._approval_outcome, self._approver, clock)  # requests held for approval
         self.store = store
         self.sealing = sealing
         self.attestation = attestation
@@ -350,6 +353,19 @@ class Signer:
         if self.status.custody.get("policy_hash") is None and not self.status.custody_error:
             log.warning("admin set without a custody policy: signing is open until the admins apply one "
                         "(clave policy apply)")
+
+    def _approver(self, request: bytes, signature: bytes) -> bytes:
+        """The admin whose EIP-712 `Approval` of `request` this is (the enclave checks again)."""
+        set_id = self.status.custody.get("admin_set_id")
+        if not set_id:
+            raise RequestError("approval refused: this clave has no admin set")
+        (signer,) = authority.signers(authority.approval_digest(bytes(set_id), request), [signature])
+        if signer not in self.status.admins:
+            raise RequestError(f"approval refused: 0x{signer.hex()} is not an admin")
+        return signer
+
+    async def _approval_outcome(self, request: bytes, outcome: str, rule: str) -> None:
+        await self.client.call("approval_outcome", {"request": request, "outcome": outcome, "rule": rule})
 
     async def custody_status(self) -> dict[str, Any]:
         return await self.client.call("custody_status")  # type: ignore[no-any-return]
@@ -657,7 +673,25 @@ class Signer:
 
     async def sign_tx(self, address: bytes, tx: NormalizedTx) -> SignedTx:
         await self.require(address)
-        return await self._call("sign_tx", {"address": address, "tx": tx})  # type: ignore[no-any-return]
+        params: dict[str, Any] = {"address": address, "tx": tx}
+        try:
+            return await self._call("sign_tx", params)  # type: ignore[no-any-return]
+        except ApprovalRequired as needed:
+            to = tx.get("to")
+            summary = {"account": "0x" + address.hex(), "chainId": tx.get("chainId"), "nonce": tx.get("nonce"),
+                       "to": "0x" + to.hex() if isinstance(to, bytes) else None, "value": str(tx.get("value"))}
+
+            async def retry(signatures: list[bytes]) -> Any:
+                return await self._call("sign_tx", {**params, "approvals": signatures})
+
+            try:
+                return await self.approvals.hold(needed, summary, retry)  # type: ignore[no-any-return]
+            except Denied as denied:
+                log.warning("request denied by custody policy: rule=%s reason=%s method=sign_tx account=0x%s",
+                            denied.rule, denied.reason, address.hex())
+                if self.on_denied is not None:
+                    self.on_denied(denied.rule)
+                raise
 
     async def sign(self, method: str, address: bytes, **params: Any) -> tuple[bytes, bytes]:
         """Run one of the enclave's message signers; returns (65-byte signature with V 0/1, digest)."""
