@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import cbor2  # noqa: I001
@@ -63,6 +64,7 @@ class AuditWriter:
         self.written = -1  # index of the last line written durably
         self.lines = 0  # lines written by this process
         self._sealed_stored = -1
+        self.checkpoint_at = 0.0  # when the last checkpoint's line and sealed head were stored
 
     async def resume(self) -> None:
         """At bring-up: hand a new boot the recent lines of the file (it rebuilds rolling windows and the
@@ -107,6 +109,7 @@ class AuditWriter:
             if sealed is not None and sealed["index"] <= self.written and sealed["index"] != self._sealed_stored:
                 await asyncio.to_thread(self.signer.store.set_meta, META_AUDIT_HEAD, cbor2.dumps(sealed))
                 self._sealed_stored = sealed["index"]
+                self.checkpoint_at = time.time()
             if not result["more"]:
                 return total
 

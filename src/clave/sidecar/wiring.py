@@ -257,6 +257,10 @@ def build_sidecar(
         metrics.attested.set(1 if status.attested else 0)
         metrics.master_mismatch.set(1 if status.master_mismatch else 0)
         metrics.approvals_pending.set(len(signer.approvals))
+        metrics.custody_frozen.set(1 if status.custody.get("frozen") else 0)
+        metrics.audit_gap.set(1 if status.custody.get("gap") else 0)
+        if sidecar.audit is not None and sidecar.audit.checkpoint_at:
+            metrics.audit_checkpoint_age.set(time.time() - sidecar.audit.checkpoint_at)
         if status.attested:
             metrics.attestation_age.set(time.time() - status.attested_at)
         return metrics.render()

@@ -42,6 +42,14 @@ class Metrics:
         # processes the latest write is the true one.
         mode: Literal["mostrecent"] = "mostrecent"
         self.keys_loaded = Gauge("clave_keys_loaded", "Accounts unsealed in the enclave", registry=r, multiprocess_mode=mode)
+        self.custody_frozen = Gauge("clave_custody_frozen", "1 while an admin has frozen all signing", registry=r,
+                                    multiprocess_mode=mode)
+        self.audit_gap = Gauge("clave_audit_gap", "1 while an audit-log gap denies all signing (clave audit ack)",
+                               registry=r, multiprocess_mode=mode)
+        self.audit_checkpoint_age = Gauge(
+            "clave_audit_checkpoint_age_seconds", "Seconds since the last audit checkpoint reached the datadir",
+            registry=r, multiprocess_mode=mode,
+        )
         # Each process holds its own waiting requests: the sum over live processes.
         self.approvals_pending = Gauge("clave_approvals_pending", "Requests waiting for admin approval", registry=r,
                                        multiprocess_mode="livesum")
