@@ -168,3 +168,72 @@ def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvi
     log_file.write_bytes(b"".join(lines))
     broken = clave.cli("audit", "verify")
     assert broken.returncode == 1 and f"audit.log:{target + 1}: changed" in broken.stderr
+
+
+def test_approvals_and_the_nonce_guard_across_a_restart_end_to_end(tmp_path: Path, cast: str, anvil: Anvil) -> None:
+    import threading
+
+    secrets_search.KNOWN_SECRETS.add(PASSWORD)
+    keys = tmp_path / "keys"
+    admins = [_cast_wallet(cast, keys) for _ in range(2)]
+    password_file = tmp_path / "admin.pw"
+    password_file.write_text(PASSWORD + "\n")
+    clave = ClaveProcess(tmp_path / "clave", chain_ids="31337",
+                         extra=["--admin", ",".join(a for a, _ in admins), "--admin-threshold", "2"])
+    clave.start()
+    try:
+        account = re.findall(r"0x[0-9a-fA-F]{40}", _cli(clave, "account", "new"))[-1]
+        anvil.fund(account, 100 * ETHER)
+        policy_file = tmp_path / "warm.yaml"
+        policy_file.write_text(
+            "version: 1\nrules:\n  - name: warm\n    accounts: '*'\n    to: ['" + DESTINATION + "']\n"
+            "    value_max: 10 ether\n    approval: {above: 1 ether, approvers: 1, timeout: 60}\n")
+        signatures = [json.loads(_cli(clave, "policy", "sign", str(policy_file), "--keyfile", str(k),
+                                      "--password-file", str(password_file)))["signature"] for _, k in admins]
+        _cli(clave, "policy", "apply", str(policy_file), *[a for s in signatures for a in ("--signature", s)])
+        nonce = int(anvil.rpc("eth_getTransactionCount", account, "latest"), 16)
+
+        # Held until `clave approve`; then signed, and anvil mines it.
+        answer: dict[str, Any] = {}
+        caller = threading.Thread(target=lambda: answer.update(post_json(
+            clave.url, {"jsonrpc": "2.0", "id": 1, "method": "account_signTransaction",
+                        "params": [_tx(account, nonce, 5 * ETHER)]}, timeout=90)[1]))
+        caller.start()
+        deadline = time.monotonic() + 20
+        held: list[dict[str, Any]] = []
+        while not held and time.monotonic() < deadline:
+            held = [json.loads(line) for line in _cli(clave, "approvals", "list").splitlines()]
+        assert held and held[0]["rule"] == "warm" and held[0]["value"] == str(5 * ETHER)
+        assert caller.is_alive()
+        approved = json.loads(_cli(clave, "approve", held[0]["id"], "--keyfile", str(admins[1][1]),
+                                   "--password-file", str(password_file)))
+        assert approved["signed"] is True
+        caller.join(30)
+        assert send_and_mine(anvil, answer["result"]["raw"])["status"] == "0x1"
+
+        # Rejected: request denied.
+        caller = threading.Thread(target=lambda: answer.update(post_json(
+            clave.url, {"jsonrpc": "2.0", "id": 2, "method": "account_signTransaction",
+                        "params": [_tx(account, nonce + 1, 2 * ETHER)]}, timeout=90)[1]))
+        answer.clear()
+        caller.start()
+        held = []
+        while not held and time.monotonic() < deadline + 20:
+            held = [json.loads(line) for line in _cli(clave, "approvals", "list").splitlines()]
+        _cli(clave, "reject", held[0]["id"])
+        caller.join(30)
+        assert answer["error"] == {"code": -32000, "message": "request denied",
+                                   "data": {"rule": "warm", "reason": "approval rejected"}}
+
+        # The nonce guard survives a restart: nonce+1 signed (not sent), then after the restart another
+        # transaction with that nonce is refused, and a 10 % fee bump is signed and mined.
+        clave.rpc("account_signTransaction", _tx(account, nonce + 1, ETHER // 2))
+        clave.stop()
+        clave.start()
+        other = {**_tx(account, nonce + 1, ETHER // 4)}
+        assert _denied(clave, other)["rule"] == "nonce_guard"
+        bumped = {**other, "maxFeePerGas": hex(33 * 10**9), "maxPriorityFeePerGas": hex(11 * 10**8)}
+        signed = clave.rpc("account_signTransaction", bumped)
+        assert send_and_mine(anvil, signed["raw"])["status"] == "0x1"
+    finally:
+        clave.stop()
