@@ -283,3 +283,43 @@ def test_verify_a_log_of_100000_decisions_and_time_it(tmp_path: Path) -> None:
           f"{verdict.checkpoints} checkpoints) in {seconds:.2f} s")
     assert verdict.ok and verdict.entries == len(lines) > 100_000
     assert verify_lines(_tampered(lines, "swap", 54_321)).first_bad == 54_322
+
+
+async def test_rotation_keeps_one_chain_and_a_restart_reads_across_segments(tmp_path: Path, capsys: Any) -> None:
+    import argparse
+
+    from clave.cli.audit import cmd_audit_verify
+    from clave.sidecar.audit import segments
+
+    async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
+        assert stack.sidecar.audit is not None
+        stack.sidecar.audit.rotate_bytes = 1  # every write closes a segment
+        (account,) = await stack.rpc("clave_newAccount", {})
+        policy = {"version": 1, "rules": [{"name": "hot", "accounts": "*",
+                                           "window": {"value_max": "3 ether", "seconds": 3600}}]}
+        await _apply(stack, policy, ADMINS[:2])
+        for nonce in range(3):
+            await stack.rpc("account_signTransaction", _tx(account, nonce, ETHER))
+            await stack.sidecar.audit.drain_once()
+        log_path = stack.config.datadir / "audit.log"
+        assert len(segments(log_path)) >= 3
+        await _restart_enclave(stack)
+        # The 3 ether of the hour, spread over rotated segments, are all counted by the new boot.
+        assert await _denied(stack, "account_signTransaction", _tx(account, 3, 1)) == {"rule": "hot", "reason": "window"}
+        assert (await _status(stack))["audit_gap"] is None
+        await stack.sidecar.audit.drain_once()
+        root = tmp_path / "root.pem"
+        root.write_bytes(stack.root_pem)
+        args = argparse.Namespace(file=None, datadir=str(stack.config.datadir), root=str(root), aws_root=False,
+                                  allow_debug=True, no_attestation=False)
+        assert cmd_audit_verify(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["ok"] and summary["boots"] == 2 and summary["files"] == len(segments(log_path)) >= 3
+        # One changed byte in a middle segment is named by file and line.
+        middle = segments(log_path)[1]
+        lines = middle.read_bytes().splitlines(keepends=True)
+        lines[0] = lines[0].replace(b'"t":', b'"t":1', 1)
+        middle.write_bytes(b"".join(lines))
+        assert cmd_audit_verify(args) == 1
+        out = json.loads(capsys.readouterr().out)
+        assert (out["file"], out["ok"]) == (str(middle), False)

@@ -16,18 +16,41 @@ from clave.cli.policy import add_audit_ack
 from clave.core.audit import verify_lines
 
 
-def _path(args: argparse.Namespace) -> Path:
+def _files(args: argparse.Namespace) -> list[Path]:
+    """The files given, in order, or the datadir's log: its rotated segments, oldest first, then audit.log."""
+    from clave.sidecar.audit import segments
+
     if args.file:
-        return Path(args.file)
-    return Path(os.path.expanduser(args.datadir)).absolute() / "audit.log"
+        return [Path(f) for f in args.file]
+    found = segments(Path(os.path.expanduser(args.datadir)).absolute() / "audit.log")
+    if not found:
+        raise SystemExit(f"clave: no audit log in {args.datadir}")
+    return found
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    try:
-        with path.open("rb") as f:
-            yield from f
-    except OSError as exc:
-        raise SystemExit(f"clave: {path}: {exc.strerror}") from None
+def _lines(paths: list[Path], where: list[tuple[Path, int]] | None = None) -> Iterator[bytes]:
+    """The lines of several files as one sequence; `where` collects (file, lines in it) as they are read."""
+    for path in paths:
+        count = 0
+        try:
+            with path.open("rb") as f:
+                for line in f:
+                    count += 1
+                    yield line
+        except OSError as exc:
+            raise SystemExit(f"clave: {path}: {exc.strerror}") from None
+        finally:
+            if where is not None:
+                where.append((path, count))
+
+
+def _locate(where: list[tuple[Path, int]], line_no: int) -> tuple[Path, int]:
+    """A line number of the whole sequence as (file, line in it)."""
+    for path, count in where:
+        if line_no <= count:
+            return path, line_no
+        line_no -= count
+    return where[-1][0], line_no
 
 
 def _attestation_check(args: argparse.Namespace) -> Any:
@@ -72,17 +95,21 @@ def _attestation_check(args: argparse.Namespace) -> Any:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    path = _path(args)
+    paths = _files(args)
+    where: list[tuple[Path, int]] = []
     started = time.perf_counter()
-    verdict = verify_lines(_lines(path), attestation=None if args.no_attestation else _attestation_check(args))
+    verdict = verify_lines(_lines(paths, where), attestation=None if args.no_attestation else _attestation_check(args))
     seconds = time.perf_counter() - started
     summary = {"ok": verdict.ok, "entries": verdict.entries, "checkpoints": verdict.checkpoints,
                "boots": verdict.boots, "unsigned_tail": verdict.unsigned_tail, "head": verdict.head,
                "seconds": round(seconds, 3)}
+    summary["files"] = len(paths)
     if not verdict.ok:
-        summary.update(first_bad_line=verdict.first_bad, reason=verdict.reason)
+        assert verdict.first_bad is not None
+        path, line_no = _locate(where, verdict.first_bad)
+        summary.update(first_bad_line=verdict.first_bad, file=str(path), line=line_no, reason=verdict.reason)
         print(json.dumps(summary))
-        print(f"clave: {path}:{verdict.first_bad}: {verdict.reason}", file=sys.stderr)
+        print(f"clave: {path}:{line_no}: {verdict.reason}", file=sys.stderr)
         return 1
     print(json.dumps(summary))
     return 0
@@ -91,8 +118,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_tail(args: argparse.Namespace) -> int:
     from collections import deque
 
-    path = _path(args)
-    for line in deque(_lines(path), maxlen=args.lines):
+    for line in deque(_lines(_files(args)), maxlen=args.lines):
         entry = json.loads(line)
         entry.pop("attestation", None) if not args.full else None
         print(json.dumps(entry))
@@ -104,7 +130,8 @@ def add_audit_commands(sub: Any) -> None:
     aud = audit.add_subparsers(dest="audit_command", required=True)
     verify = aud.add_parser("verify", help="check the chain, the checkpoint signatures and each boot's attestation")
     add_common_options(verify)
-    verify.add_argument("file", nargs="?", default=None)
+    verify.add_argument("file", nargs="*", default=None,
+                        help="log files in order (default: the datadir's audit log, rotated segments first)")
     verify.add_argument("--root", default=None, help="attestation root PEM (default: the local software NSM's)")
     verify.add_argument("--aws-root", action="store_true", help="require the root to be AWS Nitro Root-G1")
     verify.add_argument("--allow-debug", action="store_true", help="accept debug-mode enclaves")
@@ -112,7 +139,7 @@ def add_audit_commands(sub: Any) -> None:
     verify.set_defaults(func=cmd_audit_verify)
     tail = aud.add_parser("tail", help="print the last entries as JSON lines")
     add_common_options(tail)
-    tail.add_argument("file", nargs="?", default=None)
+    tail.add_argument("file", nargs="*", default=None)
     tail.add_argument("-n", "--lines", type=int, default=20)
     tail.add_argument("--full", action="store_true", help="keep the boot entries' attestation documents")
     tail.set_defaults(func=cmd_audit_tail)

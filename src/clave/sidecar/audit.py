@@ -22,15 +22,34 @@ log = logging.getLogger("clave.audit")
 TAIL_BYTES = 1 << 16
 META_AUDIT_HEAD = "audit_head"  # the enclave's last checkpoint, sealed under the master key (CBOR)
 REPLAY_BATCH = 5000
+ROTATE_BYTES = 256 << 20  # a segment closes at this size
+
+
+def segments(path: Path) -> list[Path]:
+    """The log's files, oldest first: rotated segments `<stem>-<index of their first line>.log`, then `path`.
+    Together they are one chain (rotation does not break it)."""
+    rotated = sorted(path.parent.glob(f"{path.stem}-[0-9]*{path.suffix}"))
+    return rotated + ([path] if path.exists() else [])
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    try:
+        with path.open("rb") as f:
+            return [line.rstrip(b"\n") for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
 
 
 def recent_lines(path: Path, cutoff: float, sealed_index: int) -> list[bytes]:
-    """The file's last lines from the first one that is at most `cutoff` old or at the sealed head."""
-    try:
-        with path.open("rb") as f:
-            lines = [line.rstrip(b"\n") for line in f]
-    except FileNotFoundError:
-        return []
+    """The log's last lines (across rotated segments) from the first one that is at most `cutoff` old or
+    at the sealed head."""
+    lines: list[bytes] = []
+    for segment in reversed(segments(path)):
+        lines = _read_lines(segment) + lines
+        if lines:
+            first = json.loads(lines[0])
+            if first["t"] < cutoff and first["i"] < sealed_index:
+                break
     for position, line in enumerate(lines):
         entry = json.loads(line)
         if entry["t"] >= cutoff or entry["i"] >= sealed_index:
@@ -39,27 +58,27 @@ def recent_lines(path: Path, cutoff: float, sealed_index: int) -> list[bytes]:
 
 
 def read_head(path: Path) -> tuple[int, str, int]:
-    """(next index, hash of the last line, index of the last line or -1) of an audit log file."""
-    try:
-        with path.open("rb") as f:
+    """(next index, hash of the last line, index of the last line or -1) of an audit log (its newest
+    non-empty segment)."""
+    for segment in reversed(segments(path)):
+        with segment.open("rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - TAIL_BYTES))
             tail = f.read()
-    except FileNotFoundError:
-        return 0, GENESIS, -1
-    lines = [line for line in tail.split(b"\n") if line]
-    if not lines:
-        return 0, GENESIS, -1
-    last = lines[-1]
-    index = int(json.loads(last)["i"])
-    return index + 1, line_hash(last), index
+        lines = [line for line in tail.split(b"\n") if line]
+        if lines:
+            last = lines[-1]
+            index = int(json.loads(last)["i"])
+            return index + 1, line_hash(last), index
+    return 0, GENESIS, -1
 
 
 class AuditWriter:
-    def __init__(self, signer: Signer, path: Path, interval: float = 0.5) -> None:
+    def __init__(self, signer: Signer, path: Path, interval: float = 0.5, rotate_bytes: int = ROTATE_BYTES) -> None:
         self.signer = signer
         self.path = path
+        self.rotate_bytes = rotate_bytes
         self.interval = interval
         self.written = -1  # index of the last line written durably
         self.lines = 0  # lines written by this process
@@ -118,9 +137,21 @@ class AuditWriter:
         try:
             os.write(fd, b"".join(line + b"\n" for line in lines))
             os.fsync(fd)
+            size = os.fstat(fd).st_size
         finally:
             os.close(fd)
         self.lines += len(lines)
+        if size >= self.rotate_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        """Close the current file as a segment named by its first line's index; the next line starts a new
+        `audit.log` that continues the same chain."""
+        with self.path.open("rb") as f:
+            first = int(json.loads(f.readline())["i"])
+        target = self.path.with_name(f"{self.path.stem}-{first:012d}{self.path.suffix}")
+        os.rename(self.path, target)
+        log.info("audit log rotated: %s", target.name)
 
     async def run(self) -> None:
         while True:
