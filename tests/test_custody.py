@@ -275,3 +275,38 @@ async def test_a_rule_that_needs_approval_holds_the_request_until_admins_sign_it
         outcomes = [json.loads(line).get("outcome") for line in lines.read_bytes().splitlines()]
         assert [o for o in outcomes if o] == ["allowed", "pending", "approved", "pending", "rejected", "pending",
                                               "timed_out"]
+
+
+async def test_k_admins_change_the_admin_set_and_the_new_set_takes_over(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
+        (account,) = await stack.rpc("clave_newAccount", {})
+        await _apply(stack, _policy(account), ADMINS[:2])
+        newcomer = Account.from_key(keccak(b"clave test_custody new admin"))
+        new_set = sorted([bytes.fromhex(ADMINS[0].address[2:]), bytes.fromhex(newcomer.address[2:])])
+        new_id = authority.admin_set_id(new_set, 1)
+        status = await _status(stack)
+        set_id = bytes.fromhex(status["admin_set_id"][2:])
+
+        def sig(admin: Any, sequence: int) -> str:
+            typed = authority.admin_change_message(set_id, new_id, sequence)
+            return "0x" + bytes(admin.sign_typed_data(full_message=typed).signature).hex()
+
+        new_admins = ["0x" + a.hex() for a in new_set]
+        with pytest.raises(RpcFailure, match=r"1 admin signature\(s\), 2 needed"):
+            await stack.rpc("clave_adminsChange", new_admins, 1, 2, [sig(ADMINS[0], 2)])
+        changed = await stack.rpc("clave_adminsChange", new_admins, 1, 2, [sig(ADMINS[0], 2), sig(ADMINS[1], 2)])
+        assert changed["admins"] == new_admins and changed["threshold"] == 1
+        assert changed["admin_set_id"] == "0x" + new_id.hex()
+        assert await _attested_policy(stack) == {"k": 1, "seq": 2, "frozen": False, "hash": keccak(canonical_json(_policy(account)))}
+        # The policy stays in force; the old admins' signatures no longer count, the newcomer's alone does.
+        assert (await _denied(stack, "account_signTransaction", _tx(account, 0, 2 * ETHER)))["reason"] == "value_max"
+        status = await _status(stack)
+        with pytest.raises(RpcFailure, match="not admins"):
+            await stack.rpc("clave_freeze", 3, [_sign(ADMINS[2], "Freeze", status, 3)])
+        loose = {"version": 1, "rules": [{"name": "any", "accounts": "*"}]}
+        await _apply(stack, loose, [newcomer])
+        # After an enclave restart the new set (and K) is what the store gives back, and still in force.
+        await _restart_enclave(stack)
+        restarted = await _status(stack)
+        assert restarted["admins"] == new_admins and restarted["threshold"] == 1 and restarted["sequence"] == 3
+        await stack.rpc("account_signTransaction", _tx(account, 0, 2 * ETHER))

@@ -23,7 +23,7 @@ from clave.cli.client import (
     read_password,
 )
 from clave.cli.opera import add_validator_commands
-from clave.cli.policy import add_policy_commands
+from clave.cli.policy import add_admin_change, add_policy_commands
 from clave.sidecar.config import (
     DEFAULT_DATADIR,
     DEFAULT_HTTP_ADDR,
@@ -507,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--admin-threshold", dest="admin_threshold", type=int, default=1, metavar="K",
                       help="admin signatures a custody-policy change or an unfreeze needs (default 1)")
     init.set_defaults(func=cmd_admin_init)
+    add_admin_change(adm)
     serve = sub.add_parser("serve", help="run the sidecar beside an enclave (production; systemd runs this)")
     _add_server(serve)
     serve.add_argument("--enclave", required=True, help="enclave address: vsock://CID:PORT or unix:PATH")

@@ -235,6 +235,53 @@ def _offline_options(parser: argparse.ArgumentParser) -> None:
                         help="0x admin set id (with --sequence, sign without reaching clave: an offline machine)")
 
 
+def _new_admins(args: argparse.Namespace) -> tuple[list[str], int, bytes]:
+    admins: list[bytes] = []
+    for item in (p.strip() for p in args.admin.split(",") if p.strip()):
+        try:
+            value = bytes.fromhex(item.removeprefix("0x").removeprefix("0X"))
+        except ValueError:
+            value = b""
+        if len(value) != 20:
+            raise SystemExit(f"clave: --admin {item}: expected a 0x-prefixed 20-byte address")
+        admins.append(value)
+    if len(set(admins)) != len(admins):
+        raise SystemExit("clave: --admin: an address is given twice")
+    if not admins or not 1 <= args.admin_threshold <= len(admins):
+        raise SystemExit("clave: admin change: pass --admin 0xADDR[,0xADDR] and --admin-threshold 1..N")
+    return ["0x" + a.hex() for a in admins], args.admin_threshold, authority.admin_set_id(admins, args.admin_threshold)
+
+
+def cmd_admin_change(args: argparse.Namespace) -> int:
+    """With --keyfile: one current admin's signature for the change (printed). With --signature (K of
+    them): apply it."""
+    admins, threshold, new_set_id = _new_admins(args)
+    if args.keyfile:
+        if not args.password_file:
+            raise SystemExit("clave: admin change: --keyfile needs --password-file")
+        set_id, sequence = _set_and_sequence(args)
+        typed = authority.admin_change_message(set_id, new_set_id, sequence)
+        signature = "0x" + bytes(_admin(args).sign_typed_data(full_message=typed).signature).hex()
+        print(json.dumps({"signature": signature, "sequence": sequence, "new_admin_set_id": "0x" + new_set_id.hex()}))
+        return 0
+    if not args.signature:
+        raise SystemExit("clave: admin change: sign with --keyfile, or apply with --signature (K times)")
+    sequence = int(args.sequence) if args.sequence else int(_status(args)["sequence"]) + 1
+    return _call(args, "clave_adminsChange", admins, threshold, sequence, _signature_args(args.signature))
+
+
+def add_admin_change(adm: Any) -> None:
+    change = adm.add_parser("change", help="a new admin set and K: K current admins sign, then apply")
+    add_common_options(change)
+    change.add_argument("--admin", required=True, metavar="0xADDR[,0xADDR]", help="the new admin set")
+    change.add_argument("--admin-threshold", dest="admin_threshold", type=int, required=True, metavar="K")
+    change.add_argument("--keyfile", default=None, help="sign: V3 keyfile of a current admin")
+    change.add_argument("--password-file", default=None, help="sign: password of that keyfile")
+    change.add_argument("--signature", action="append", default=[], help="apply: a current admin's signature")
+    _offline_options(change)
+    change.set_defaults(func=cmd_admin_change)
+
+
 def add_audit_ack(aud: Any) -> None:
     ack = aud.add_parser("ack", help="accept a gap in the audit log (one admin): signing resumes under the policy")
     add_common_options(ack)

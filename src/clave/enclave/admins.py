@@ -99,6 +99,13 @@ class AdminSet:
         self.admins = admins
         self.threshold = threshold
 
+    def replace(self, admins: tuple[bytes, ...], threshold: int) -> None:
+        """A new admin set, authorized by K signatures of the current one (enclave/policy.py checks them)."""
+        self.require()
+        self.admins = admins
+        self.threshold = threshold
+        self._challenges.clear()  # issued to the old set's authority
+
     def challenge(self, address: bytes, now: float) -> bytes:
         self.require()
         challenge = os.urandom(32)

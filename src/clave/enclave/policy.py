@@ -37,6 +37,7 @@ from clave.core.policy.engine import (
     evaluate_tx,
 )
 from clave.core.policy.schema import Policy, canonical_json, parse_policy_bytes
+from clave.enclave.admins import parse_admins, parse_threshold, seal_admins
 from clave.enclave.audit import AuditLog
 from clave.enclave.state import EnclaveState
 
@@ -189,6 +190,23 @@ class Custody:
         self.audit.record(kind, sequence=self.sequence, policy=self._hash_hex(), frozen=self.frozen,
                           signers=["0x" + s.hex() for s in signers])
 
+    def change_admins(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A new admin set and K, signed by K admins of the current set (EIP-712 `AdminChange`). Returns the
+        new admin-set record and the custody state re-sealed for the new set, both for the store."""
+        admins, threshold, set_id = self._set_id()
+        new_admins = parse_admins(params.get("admins"))
+        new_threshold = parse_threshold(params.get("threshold"), new_admins)
+        new_set_id = authority.admin_set_id(new_admins, new_threshold)
+        sequence = self._sequence(params)
+        digest = authority.admin_change_digest(set_id, new_set_id, sequence)
+        signers = authority.require_admins(digest, params.get("signatures"), admins, threshold, "admin-set change")
+        self.state.admin_set.replace(new_admins, new_threshold)
+        self.sequence = sequence
+        self.audit.record("admins_change", sequence=sequence, admins=["0x" + a.hex() for a in new_admins],
+                          threshold=new_threshold, signers=["0x" + s.hex() for s in signers])
+        return {"admin_record": seal_admins(self.state.master(), new_admins, new_threshold), "record": self._seal(),
+                "signers": signers, **self.status({})}
+
     def status(self, params: dict[str, Any]) -> dict[str, Any]:
         admins = self.state.admin_set.admins
         threshold = self.state.admin_set.threshold
@@ -333,6 +351,7 @@ class Custody:
     def handlers(self) -> dict[str, Handler]:
         return {
             "audit_ack": self.ack,
+            "admins_change": self.change_admins,
             "approval_outcome": self.approval_outcome,
             "custody_status": self.status,
             "custody_load": self.load,

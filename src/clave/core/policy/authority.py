@@ -9,6 +9,7 @@ replayed, nor an older one re-applied:
     Unfreeze(bytes32 adminSetId, uint64 sequence)                            K signatures
     AuditAck(bytes32 adminSetId, uint64 sequence)                            one admin: accept an audit-log gap
     Approval(bytes32 adminSetId, bytes32 request)                            a rule's approvers: one transaction
+    AdminChange(bytes32 adminSetId, bytes32 newAdminSetId, uint64 sequence)  K signatures: a new admin set and K
 
 `request` is `approval_request(account, preimage)`: the exact transaction the enclave will sign, for whom.
 
@@ -38,6 +39,8 @@ TYPES: dict[str, list[dict[str, str]]] = {
     "Unfreeze": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
     "AuditAck": [{"name": "adminSetId", "type": "bytes32"}, {"name": "sequence", "type": "uint64"}],
     "Approval": [{"name": "adminSetId", "type": "bytes32"}, {"name": "request", "type": "bytes32"}],
+    "AdminChange": [{"name": "adminSetId", "type": "bytes32"}, {"name": "newAdminSetId", "type": "bytes32"},
+                    {"name": "sequence", "type": "uint64"}],
 }
 
 
@@ -68,9 +71,20 @@ def approval_digest(set_id: bytes, request: bytes) -> bytes:
     return keccak256(typed_data_preimage(approval_message(set_id, request)))
 
 
+def admin_change_message(set_id: bytes, new_set_id: bytes, sequence: int) -> dict[str, Any]:
+    return {"types": {"EIP712Domain": _DOMAIN_TYPE, "AdminChange": TYPES["AdminChange"]},
+            "primaryType": "AdminChange", "domain": dict(DOMAIN),
+            "message": {"adminSetId": "0x" + set_id.hex(), "newAdminSetId": "0x" + new_set_id.hex(),
+                        "sequence": sequence}}
+
+
+def admin_change_digest(set_id: bytes, new_set_id: bytes, sequence: int) -> bytes:
+    return keccak256(typed_data_preimage(admin_change_message(set_id, new_set_id, sequence)))
+
+
 def typed_message(action: str, set_id: bytes, sequence: int, document_hash: bytes | None = None) -> dict[str, Any]:
     """The EIP-712 document (eth_signTypedData_v4 JSON shape) an admin signs for `action`."""
-    if action not in TYPES or action == "Approval":
+    if action not in TYPES or action in ("Approval", "AdminChange"):
         raise ValueError(f"unknown action {action}")
     message: dict[str, Any] = {"adminSetId": "0x" + set_id.hex(), "sequence": sequence}
     if action == "PolicyUpdate":

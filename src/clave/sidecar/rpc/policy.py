@@ -85,7 +85,19 @@ def policy_methods(signer: Signer) -> dict[str, Method]:
         ipc_only(ctx, "clave_reject")
         return await signer.approvals.reject(params[0] if isinstance(params[0], str) else "")
 
+    async def clave_admins_change(params: list[Any], ctx: CallContext) -> dict[str, Any]:
+        """new admin addresses, K, sequence, K signatures of the current admins (EIP-712 AdminChange)."""
+        ipc_only(ctx, "clave_adminsChange")
+        admins = params[0] if isinstance(params[0], list) else []
+        threshold = params[1]
+        if isinstance(threshold, bool) or not isinstance(threshold, int):
+            raise InvalidParams("invalid argument 1: threshold must be an integer")
+        params_ = {"admins": [args.address(admins, i) for i in range(len(admins))], "threshold": threshold,
+                   "sequence": _sequence(params, 2), "signatures": _signatures(params, 3)}
+        return describe(await signer.custody_change("admins_change", params_))
+
     return {
+        "clave_adminsChange": Method(clave_admins_change, 4, 4),
         "clave_approvals": Method(clave_approvals, 0, 0),
         "clave_approve": Method(clave_approve, 2, 2),
         "clave_reject": Method(clave_reject, 1, 1),

@@ -371,9 +371,13 @@ class Signer:
         return await self.client.call("custody_status")  # type: ignore[no-any-return]
 
     async def custody_change(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """policy_apply, freeze or unfreeze: the enclave checks the admin signatures and returns the new
-        state sealed; it is stored before the caller hears of it."""
+        """policy_apply, freeze, unfreeze, audit_ack or admins_change: the enclave checks the admin
+        signatures and returns the new state sealed; it is stored before the caller hears of it."""
         result: dict[str, Any] = await self._call(method, params, timeout=SLOW_TIMEOUT)
+        admin_record = result.pop("admin_record", None)
+        if admin_record is not None:  # a new admin set: its record and the custody state bound to it
+            await asyncio.to_thread(self.store.set_meta, META_ADMIN_SET, cbor2.dumps(admin_record))
+            self.status.admins = [bytes(a) for a in admin_record["admins"]]
         await asyncio.to_thread(self.store.set_meta, META_CUSTODY, cbor2.dumps(result.pop("record")))
         self.status.custody_error = ""
         self.status.custody = await self.custody_status()
