@@ -3,8 +3,9 @@
 The set is fixed at datadir creation (or once, later, on a datadir that has none) and kept by the parent
 only sealed under the master key (AES-256-GCM, the address list bound as associated data), so the parent
 cannot alter it: an altered record does not open. The enclave takes one admin set per boot, and only in a
-boot that holds no account key yet, so that nobody can give a running enclave an admin set of their own.
-Its hash is attested in `user_data` next to the master-key commitment (`core/provenance.py`).
+boot that holds no account key yet, so that nobody can give a running enclave an admin set of their own;
+after that only K signatures of the current admins replace it (`replace`, checked in enclave/policy.py).
+The threshold K is sealed with the set (record version 2). Its hash is attested in `user_data` next to the master-key commitment (`core/provenance.py`).
 
 An export needs an EIP-191 signature by an admin over `export_message(address, challenge)`, where the
 challenge is one this enclave issued for that address, at most `CHALLENGE_TTL` seconds ago, and not used
