@@ -32,8 +32,11 @@ CHECKPOINT_LABEL = b"clave/audit-checkpoint/v1"
 GENESIS = "00" * 32
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def encode_entry(entry: dict[str, Any]) -> bytes:
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _ENCODER.encode(entry).encode()
 
 
 def line_hash(line: bytes) -> str:

@@ -73,7 +73,7 @@ class AuditLog:
     # -- writing --------------------------------------------------------------------------------
 
     def _append(self, entry: dict[str, Any]) -> None:
-        entry = {**entry, "i": self._index, "prev": self._prev, "t": round(self.state.clock(), 3)}
+        entry["i"], entry["prev"], entry["t"] = self._index, self._prev, round(self.state.clock(), 3)
         line = encode_entry(entry)
         self._buffer.append((self._index, line))
         self._prev = line_hash(line)
