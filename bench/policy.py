@@ -150,8 +150,9 @@ async def stack_bench(seconds: float, rounds: int, concurrency: int) -> dict[str
             signature = "0x" + bytes(admin.sign_typed_data(full_message=typed).signature).hex()
             await ruled.rpc("clave_policyApply", "0x" + document.hex(), 1, [signature])
             nonces = {"none": 0, "policy50": 0}
-            for _ in range(rounds):
-                for label, stack in (("none", plain), ("policy50", ruled)):
+            for round_ in range(rounds):
+                order = (("none", plain), ("policy50", ruled))
+                for label, stack in order if round_ % 2 == 0 else order[::-1]:  # no order bias
                     account = to_checksum_address(accounts[label])
                     latencies: list[float] = []
                     deadline = time.perf_counter() + seconds

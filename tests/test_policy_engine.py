@@ -186,6 +186,9 @@ def test_nonce_guard_needs_a_ten_percent_bump_of_both_fees() -> None:
     _check(policy, _tx(1, nonce=9, chainId=5, maxFeePerGas=1, maxPriorityFeePerGas=1), state, digest=b"5" * 32)  # another chain
     unguarded = _policy({"name": "r", "accounts": "*"}, nonce_guard=False)
     _check(unguarded, _tx(2, nonce=9), state, digest=b"6" * 32)
+    # An hour later (NONCE_HORIZON) the guard has forgotten nonce 9: memory stays bounded.
+    _check(policy, _tx(1, nonce=10), state, digest=b"7" * 32, now=1000 + 3601)
+    assert (A, 1, 9) not in state.nonces and (A, 1, 10) in state.nonces
 
 
 def test_messages_and_typed_data_domains() -> None:

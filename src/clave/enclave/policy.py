@@ -28,6 +28,7 @@ from clave.core.errors import InvalidParams, RequestError
 from clave.core.eth.hashing import keccak256
 from clave.core.policy import authority
 from clave.core.policy.engine import (
+    NONCE_HORIZON,
     ApprovalRequired,
     Decision,
     Denied,
@@ -42,7 +43,7 @@ from clave.enclave.audit import AuditLog
 from clave.enclave.state import EnclaveState
 
 CUSTODY_RECORD_VERSION = 1
-NONCE_LOOKBACK = 3600  # seconds of decisions a new boot replays for the nonce guard (at least)
+NONCE_LOOKBACK = NONCE_HORIZON  # seconds of decisions a new boot replays for the nonce guard (at least)
 Handler = Callable[[dict[str, Any]], Any]
 
 
@@ -335,7 +336,7 @@ class Custody:
                             key = (f"{rule.name}#{i}", account if window.per == "account" else b"")
                             self.engine_state.record_spend(key, when, value)
                     self.engine_state.record_nonce(account, int(entry["chain"]), int(entry["nonce"]), NonceEntry(
-                        bytes.fromhex(entry["digest"]), int(entry["fee"] or 0), int(entry["tip"] or 0)))
+                        bytes.fromhex(entry["digest"]), int(entry["fee"] or 0), int(entry["tip"] or 0), when))
                 except (KeyError, ValueError, TypeError):
                     continue  # a line from an older format: it only ever makes the state stricter to keep it
 

@@ -10,7 +10,7 @@ Windows and the nonce guard change only when a signature is actually made: `Deci
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +32,15 @@ class Denied(RequestError):
         self.data = {"rule": rule, "reason": reason}
 
 
-@dataclass
+NONCE_HORIZON = 3600  # seconds the nonce guard remembers a signed transaction (and a new boot replays)
+
+
+@dataclass(slots=True)
 class NonceEntry:
     digest: bytes
     fee: int  # gasPrice or maxFeePerGas
     tip: int  # maxPriorityFeePerGas (gasPrice for legacy)
+    at: float = 0.0  # when it was signed
 
 
 @dataclass
@@ -52,7 +56,7 @@ class PolicyState:
     """What evaluation remembers: rolling-window spends and the last transaction per account+chain+nonce."""
 
     windows: dict[tuple[str, bytes], Spends] = field(default_factory=dict)
-    nonces: dict[tuple[bytes, int, int], NonceEntry] = field(default_factory=dict)
+    nonces: OrderedDict[tuple[bytes, int, int], NonceEntry] = field(default_factory=OrderedDict)  # oldest first
 
     def spent(self, key: tuple[str, bytes], seconds: int, now: float) -> int:
         spends = self.windows.get(key)
@@ -69,7 +73,16 @@ class PolicyState:
         spends.total += value
 
     def record_nonce(self, account: bytes, chain_id: int, nonce: int, entry: NonceEntry) -> None:
-        self.nonces[(account, chain_id, nonce)] = entry
+        """Remember the transaction signed for this account, chain and nonce, for `NONCE_HORIZON` seconds
+        (by then it is mined or dropped; memory stays bounded by the signing rate)."""
+        key = (account, chain_id, nonce)
+        self.nonces[key] = entry
+        self.nonces.move_to_end(key)
+        while self.nonces:
+            oldest = next(iter(self.nonces.values()))
+            if oldest.at >= entry.at - NONCE_HORIZON:
+                break
+            self.nonces.popitem(last=False)
 
 
 class ApprovalRequired(RequestError):
@@ -212,6 +225,7 @@ def _tx_commit(state: PolicyState, rule: Rule, account: bytes, chain_id: int, no
         if value:
             for i, window in enumerate(rule.windows):
                 state.record_spend(_window_key(rule, i, window, account), now, value)
+        entry.at = now
         state.record_nonce(account, chain_id, nonce, entry)
 
     return commit
