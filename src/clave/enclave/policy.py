@@ -36,6 +36,7 @@ from clave.core.policy.engine import (
     PolicyState,
     evaluate_message,
     evaluate_tx,
+    fees,
 )
 from clave.core.policy.schema import Policy, canonical_json, parse_policy_bytes
 from clave.enclave.admins import parse_admins, parse_threshold, seal_admins
@@ -83,6 +84,8 @@ class Custody:
             summary["hash"] = self.policy_hash
         if self.invalid:
             summary["invalid"] = True
+        if self.gap:
+            summary["gap"] = True
         return summary
 
     def _set_id(self) -> tuple[tuple[bytes, ...], int, bytes]:
@@ -245,11 +248,11 @@ class Custody:
         several threads, and two requests must not both fit the last of a window) or raise Denied. Either
         way the decision goes into the audit log."""
         digest = keccak256(preimage)
-        fee = tx.get("maxFeePerGas") if tx.get("maxFeePerGas") is not None else tx.get("gasPrice")
+        fee, tip = fees(tx)
         to = tx.get("to")
         facts = {"account": "0x" + account.hex(), "what": "tx", "chain": tx.get("chainId"), "nonce": tx.get("nonce"),
                  "to": "0x" + to.hex() if isinstance(to, bytes) else None, "value": tx.get("value"), "fee": fee,
-                 "tip": tx.get("maxPriorityFeePerGas", fee), "digest": digest.hex(), "type": tx.get("type")}
+                 "tip": tip, "digest": digest.hex(), "type": tx.get("type")}
         with self._lock:
             try:
                 self.audit.require_room()
@@ -349,14 +352,23 @@ class Custody:
         self.audit.record("gap_ack", gap=gap or None, sequence=sequence, signers=["0x" + s.hex() for s in signers])
         return {"record": self._seal(), "signers": signers, **self.status({})}
 
+    def _locked(self, change: Handler) -> Handler:
+        """Changes run under the same lock as the checks (handlers run in several threads): a sequence
+        number is taken once, and no signature is checked against a half-changed state."""
+        def locked(params: dict[str, Any]) -> Any:
+            with self._lock:
+                return change(params)
+
+        return locked
+
     def handlers(self) -> dict[str, Handler]:
         return {
-            "audit_ack": self.ack,
-            "admins_change": self.change_admins,
+            "audit_ack": self._locked(self.ack),
+            "admins_change": self._locked(self.change_admins),
             "approval_outcome": self.approval_outcome,
             "custody_status": self.status,
-            "custody_load": self.load,
-            "policy_apply": self.apply,
-            "freeze": self.freeze,
-            "unfreeze": self.unfreeze,
+            "custody_load": self._locked(self.load),
+            "policy_apply": self._locked(self.apply),
+            "freeze": self._locked(self.freeze),
+            "unfreeze": self._locked(self.unfreeze),
         }

@@ -116,7 +116,8 @@ def _noop(now: float) -> None:
     return None
 
 
-def _fees(tx: Mapping[str, Any]) -> tuple[int, int]:
+def fees(tx: Mapping[str, Any]) -> tuple[int, int]:
+    """(fee cap, tip cap) per gas: maxFeePerGas and maxPriorityFeePerGas, or gasPrice twice (legacy)."""
     if tx.get("maxFeePerGas") is not None:
         return int(tx["maxFeePerGas"]), int(tx.get("maxPriorityFeePerGas") or 0)
     price = int(tx.get("gasPrice") or 0)
@@ -166,7 +167,7 @@ def _tx_refusal(rule: Rule, tx: Mapping[str, Any]) -> str | None:
         return "value_max"
     if rule.gas_max is not None and tx["gas"] > rule.gas_max:
         return "gas_max"
-    fee, tip = _fees(tx)
+    fee, tip = fees(tx)
     if rule.max_fee_per_gas is not None and fee > rule.max_fee_per_gas:
         return "max_fee_per_gas"
     if rule.max_priority_fee_per_gas is not None and tip > rule.max_priority_fee_per_gas:
@@ -190,7 +191,7 @@ def evaluate_tx(policy: Policy, state: PolicyState, account: bytes, tx: Mapping[
                 now: float) -> Decision:
     """Allow (a Decision to commit once signed) or raise Denied."""
     chain_id, nonce = int(tx["chainId"]), int(tx["nonce"])
-    fee, tip = _fees(tx)
+    fee, tip = fees(tx)
     if policy.nonce_guard:
         previous = state.nonce_entry(account, chain_id, nonce)
         if previous is not None and previous.digest != digest:
