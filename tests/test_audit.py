@@ -323,3 +323,18 @@ async def test_rotation_keeps_one_chain_and_a_restart_reads_across_segments(tmp_
         assert cmd_audit_verify(args) == 1
         out = json.loads(capsys.readouterr().out)
         assert (out["file"], out["ok"]) == (str(middle), False)
+
+
+async def test_a_damaged_log_tail_is_set_aside_and_the_policy_waits_for_an_admin(tmp_path: Path) -> None:
+    async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
+        (account,) = await stack.rpc("clave_newAccount", {})
+        await _apply(stack, {"version": 1, "rules": [{"name": "any", "accounts": "*"}]}, ADMINS[:2])
+        await _drained(stack)
+        log_path = stack.config.datadir / "audit.log"
+        with log_path.open("ab") as f:
+            f.write(b'{"i": broken\n')
+        await _restart_enclave(stack)  # brought up, not stuck on the damaged file
+        assert [p.name.split(".unreadable-")[0] for p in stack.config.datadir.glob("audit.log.unreadable-*")] == [
+            "audit.log"]
+        assert "AUDIT LOG UNREADABLE" in stack.log_file.read_text()
+        assert (await _denied(stack, "account_signTransaction", _tx(account, 0, 1)))["rule"] == "audit-gap"

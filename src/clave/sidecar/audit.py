@@ -90,7 +90,11 @@ class AuditWriter:
         nonce guard from them, and checks them against the last head it sealed), then start its chain
         after the file's head. Both are refused, harmlessly, when this boot's chain has started already
         (the sidecar restarted, the enclave did not)."""
-        index, head, last = await asyncio.to_thread(read_head, self.path)
+        try:
+            index, head, last = await asyncio.to_thread(read_head, self.path)
+        except (ValueError, KeyError, TypeError):
+            await asyncio.to_thread(self._set_aside)
+            index, head, last = 0, GENESIS, -1
         self.written = last
         raw = await asyncio.to_thread(self.signer.store.get_meta, META_AUDIT_HEAD)
         sealed = cbor2.loads(raw) if raw else None
@@ -98,7 +102,11 @@ class AuditWriter:
             status = await self.signer.client.call("custody_status", timeout=30)
             cutoff = self.signer.clock() - float(status.get("lookback") or 0)
             sealed_index = int(sealed["index"]) if isinstance(sealed, dict) else index
-            lines = await asyncio.to_thread(recent_lines, self.path, cutoff, sealed_index)
+            try:
+                lines = await asyncio.to_thread(recent_lines, self.path, cutoff, sealed_index)
+            except (ValueError, KeyError, TypeError):  # a damaged line: replay nothing; the enclave sees a gap
+                log.error("AUDIT LOG UNREADABLE: a recent line of %s is damaged; nothing replayed", self.path)
+                lines = []
             for start in range(0, len(lines), REPLAY_BATCH):
                 await self.signer.client.call("audit_replay", {"lines": lines[start:start + REPLAY_BATCH]}, timeout=30)
             result = await self.signer.client.call(
@@ -113,6 +121,15 @@ class AuditWriter:
             log.info("audit log continues at entry %d (head %s…; %d recent lines replayed)", index, head[:16],
                      len(lines))
         await self.drain_once()
+
+    def _set_aside(self) -> None:
+        """The newest file's last line does not parse: keep it for inspection under another name and start
+        a new file (the enclave, finding no sealed head in it, denies signing under a policy until an admin
+        acknowledges the gap)."""
+        damaged = segments(self.path)[-1]
+        target = damaged.with_name(f"{damaged.name}.unreadable-{int(time.time())}")
+        os.rename(damaged, target)
+        log.error("AUDIT LOG UNREADABLE: %s set aside as %s; a new file starts", damaged.name, target.name)
 
     async def drain_once(self) -> int:
         total = 0
