@@ -129,6 +129,16 @@ def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvi
         frozen = _cli(clave, "freeze", "--keyfile", str(admins[1][1]), "--password-file", str(password_file))
         assert json.loads(frozen)["frozen"] is True
         assert _denied(clave, _tx(account, 3, 1)) == {"rule": "frozen", "reason": "signing is frozen by an admin"}
+        # Unfreezing takes K = 2: each signs (`clave unfreeze sign`), then `clave unfreeze` applies both.
+        unfreeze = [json.loads(_cli(clave, "unfreeze", "sign", "--keyfile", str(k), "--password-file",
+                                    str(password_file)))["signature"] for _, k in (admins[0], admins[2])]
+        one = clave.cli("unfreeze", "--signature", unfreeze[0])
+        assert one.returncode != 0 and "1 admin signature(s), 2 needed" in one.stderr
+        assert json.loads(_cli(clave, "unfreeze", "--signature", unfreeze[0], "--signature", unfreeze[1]))[
+            "frozen"] is False
+        signed = clave.rpc("account_signTransaction", _tx(account, 3, 0))  # the hour's 3 ether are spent
+        assert send_and_mine(anvil, signed["raw"])["status"] == "0x1"
+        _cli(clave, "freeze", "--keyfile", str(admins[0][1]), "--password-file", str(password_file))
 
         # The parent edits the stored policy row (a looser cap): the enclave refuses it after a restart.
         clave.stop()
@@ -143,7 +153,7 @@ def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvi
         clave.start()
         health = json.loads(get_text(clave.url + "/healthz")[1])
         assert "does not open" in health["custody"]["record_refused"]
-        assert _denied(clave, _tx(account, 3, 50 * ETHER))["rule"] == "custody-record-invalid"
+        assert _denied(clave, _tx(account, 4, 50 * ETHER))["rule"] == "custody-record-invalid"
         deadline = time.monotonic() + 10
         while "CUSTODY RECORD REFUSED" not in clave.logs() and time.monotonic() < deadline:
             time.sleep(0.1)  # the log writer thread may not have written the line yet
@@ -158,9 +168,10 @@ def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvi
     assert summary["ok"] and summary["boots"] == 2 and summary["checkpoints"] >= 2
     tail = [json.loads(line) for line in _cli(clave, "audit", "tail", "-n", "1000").splitlines()]
     decisions = [(e["outcome"], e["rule"]) for e in tail if e["kind"] == "sign"]
-    assert decisions.count(("allowed", "hot-payments")) == 3
+    assert decisions.count(("allowed", "hot-payments")) == 4
     assert decisions.count(("denied", "hot-payments")) == 3 and ("denied", "frozen") in decisions
-    assert [e["kind"] for e in tail].count("policy") == 1 and "freeze" in [e["kind"] for e in tail]
+    kinds = [e["kind"] for e in tail]
+    assert kinds.count("policy") == 1 and kinds.count("freeze") == 2 and kinds.count("unfreeze") == 1
     log_file = clave.datadir / "audit.log"
     lines = log_file.read_bytes().splitlines(keepends=True)
     target = next(n for n, e in enumerate(tail) if e["kind"] == "sign" and e["outcome"] == "denied")
