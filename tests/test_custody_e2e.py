@@ -108,6 +108,12 @@ def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvi
         applied = apply(*signatures)
         assert applied.returncode == 0, applied.stderr
         assert json.loads(applied.stdout)["sequence"] == 1
+        # A remote client checks which policy the enclave enforces: the attested hash is the file's.
+        checked = json.loads(_cli(clave, "policy", "check", str(policy_file)))
+        attested = json.loads(_cli(clave, "attest"))
+        assert attested["verified"] and attested["policy"] == {"k": 2, "seq": 1, "frozen": False,
+                                                               "hash": checked["policy_hash"]}
+        assert re.fullmatch(r"[0-9a-f]{64}", attested["audit_key"])
         replayed = apply(*signatures)  # the same signatures again (sequence 2 now needed)
         assert replayed.returncode != 0 and "signature(s), 2 needed" in replayed.stderr
         replayed = clave.cli("policy", "apply", str(policy_file), "--sequence", "1",

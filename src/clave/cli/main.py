@@ -198,12 +198,26 @@ def cmd_attest(args: argparse.Namespace) -> int:
         verified = _verify_document(document, args, nonce=nonce, at_ms=int(time.time() * 1000))
         result.update(verified=True, document=describe(verified))
         result.update(_master_commitment(verified, args))
+        result.update(_custody(verified))
     except Exception as exc:
         result.update(verified=False, error=str(exc))
     if args.out:
         Path(args.out).write_bytes(document)
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["verified"] else 1
+
+
+def _custody(verified: Any) -> dict[str, Any]:
+    """The custody state the enclave attests to (README "Custody policy"): K, sequence, freeze, policy hash,
+    and the audit checkpoint key. Compare `policy.hash` with `clave policy check FILE`."""
+    from clave.core.provenance import ProvenanceError, decode_audit_key, decode_policy
+
+    try:
+        policy, audit = decode_policy(verified.user_data), decode_audit_key(verified.user_data)
+    except ProvenanceError as exc:
+        return {"policy_error": exc.message}
+    shown = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in (policy or {}).items()}
+    return {"policy": shown or None, "audit_key": audit.hex() if audit is not None else None}
 
 
 def _master_commitment(verified: Any, args: argparse.Namespace) -> dict[str, Any]:

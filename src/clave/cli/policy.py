@@ -297,6 +297,7 @@ def add_policy_commands(sub: Any) -> None:
     show.add_argument("--document", action="store_true", help="print the policy document itself")
     show.set_defaults(func=cmd_policy_show)
     check = pol.add_parser("check", help="validate a policy file (JSON or YAML) and print its hash")
+    add_common_options(check)  # accepted for uniformity; the check needs no running clave
     check.add_argument("file")
     check.set_defaults(func=cmd_policy_check)
     sign = pol.add_parser("sign", help="an admin's EIP-712 signature for applying a policy file")
