@@ -55,6 +55,7 @@ def fifty_rules(account: str) -> dict[str, Any]:
 def handler_bench(seconds: float) -> dict[str, Any]:
     from eth_account import Account
 
+    from clave.core.audit import line_hash
     from clave.core.policy import authority
     from clave.core.policy.schema import canonical_json
     from clave.dev.soft_nsm import SoftwareNsm
@@ -81,7 +82,7 @@ def handler_bench(seconds: float) -> dict[str, Any]:
             latencies: list[float] = []
             nonce = 0
             deadline = time.perf_counter() + seconds
-            drained = -1
+            drained: str | None = None
             while time.perf_counter() < deadline:
                 tx = {"type": 2, "chainId": 1, "nonce": nonce, "gas": 21000, "maxFeePerGas": 30 * 10**9,
                       "maxPriorityFeePerGas": 10**9, "value": 10**15, "to": to, "data": b"", "accessList": []}
@@ -90,9 +91,9 @@ def handler_bench(seconds: float) -> dict[str, Any]:
                 latencies.append((time.perf_counter() - started) * 1000)
                 nonce += 1
                 if nonce % 5000 == 0:  # as the sidecar drains
-                    lines = service.call("audit_drain", {"after": drained})["lines"]
+                    lines = service.call("audit_drain", {"after_hash": drained})["lines"]
                     if lines:
-                        drained += len(lines)
+                        drained = line_hash(lines[-1])
             results[label] = {"per_second": len(latencies) / sum(latencies) * 1000, **latency_summary(latencies)}
     results["policy_cost_percent"] = (results["none"]["per_second"] / results["policy50"]["per_second"] - 1) * 100
     return results

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from eth_utils import keccak
 
-from clave.core.audit import Verdict, verify_lines
+from clave.core.audit import Verdict, line_hash, verify_lines
 from clave.core.policy.schema import canonical_json
 from clave.core.provenance import decode_audit_key
 from clave.dev.soft_nsm import SoftwareNsm
@@ -193,6 +193,7 @@ async def test_a_process_that_resumes_the_log_first_after_a_restart_gets_a_gap_n
         # keeps denying; once an admin acknowledges, the window rebuilt from the log still holds.
         await _restart_enclave(stack)
         status = await _status(stack)
+        assert "AUDIT CHAIN BREAK" in stack.log_file.read_text()  # the sidecar wrote them, and said so
         assert status["audit_gap"] is not None
         assert (await _denied(stack, "account_signTransaction", _tx(account, 1, ETHER)))["rule"] == "audit-gap"
         await stack.rpc("clave_auditAck", status["sequence"] + 1,
@@ -239,11 +240,11 @@ def _service_log(tmp_path: Path, decisions: int, *, every: int = 1000, wait: flo
         service.custody.check_tx(account, {**tx, "nonce": nonce}, nonce.to_bytes(8, "big"))
     now[0] += wait
     lines: list[bytes] = []
-    after = -1
+    after: str | None = None
     while True:
-        result = service.call("audit_drain", {"after": after})
+        result = service.call("audit_drain", {"after_hash": after})
         lines += [line + b"\n" for line in result["lines"]]
-        after = json.loads(result["lines"][-1])["i"] if result["lines"] else after
+        after = line_hash(result["lines"][-1]) if result["lines"] else after
         if not result["more"]:
             return lines, nsm.root_pem
 

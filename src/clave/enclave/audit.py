@@ -53,14 +53,15 @@ class AuditLog:
         self._key = Ed25519PrivateKey.generate()
         self.public_key = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self._lock = threading.Lock()
-        self._buffer: deque[tuple[int, bytes]] = deque()  # (index, line), kept until the sidecar acknowledges
+        # (index, line, its hash), kept until the sidecar acknowledges it by hash
+        self._buffer: deque[tuple[int, bytes, str]] = deque()
         self._pending: list[dict[str, Any]] = []  # events before the chain started (no head yet)
         self._started = False
         self._index = 0
         self._prev = GENESIS
         self._since_checkpoint = 0
         self._last_checkpoint = state.clock()
-        self._sealed_head: dict[str, Any] | None = None  # the last checkpoint, sealed, for the sidecar
+        self._sealed_head: dict[str, Any] | None = None  # the last line drained, sealed, for the sidecar
         # Replay (a new boot rebuilding windows and the nonce guard): lines checked to link, in order.
         self._replay_prev: str | None = None
         self._replay_next = 0
@@ -75,8 +76,8 @@ class AuditLog:
     def _append(self, entry: dict[str, Any]) -> None:
         entry["i"], entry["prev"], entry["t"] = self._index, self._prev, round(self.state.clock(), 3)
         line = encode_entry(entry)
-        self._buffer.append((self._index, line))
         self._prev = line_hash(line)
+        self._buffer.append((self._index, line, self._prev))
         self._index += 1
         self._since_checkpoint += 1
 
@@ -86,8 +87,6 @@ class AuditLog:
         self._append({"kind": "checkpoint", "sig": signature.hex(), "entries": self._since_checkpoint})
         self._since_checkpoint = 0
         self._last_checkpoint = self.state.clock()
-        if self.state.master_key is not None:
-            self._sealed_head = self._seal_head(self._index - 1, self._prev)
 
     def _maybe_checkpoint(self) -> None:
         if self._since_checkpoint and (self._since_checkpoint >= self.every
@@ -170,7 +169,6 @@ class AuditLog:
                     self.replayed.append(entry)
         return {"problem": self.replay_problem or None}
 
-
     def _check_replay(self, head: str, index: int, sealed: Any) -> str:
         """Why the replayed lines cannot be trusted to hold every recent decision ("" when they can): they
         must link, end at the parent's head, and contain the last head this master key sealed."""
@@ -220,20 +218,27 @@ class AuditLog:
         return {"index": self._index, "head": self._prev, "gap": gap or None}
 
     def drain(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The entries after `after` (the last index the sidecar has written durably; -1: none yet).
-        Entries up to `after` are dropped here; the rest stay until acknowledged, so a sidecar that dies
-        between a drain and its write loses nothing."""
-        after = params.get("after", -1)
-        if isinstance(after, bool) or not isinstance(after, int):
-            raise InvalidParams("after: expected an integer")
+        """The entries after `after_hash` (the hash of the last line the sidecar has written durably; None
+        for none yet). Entries up to that line are dropped here; the rest stay until acknowledged, so a
+        sidecar that dies between a drain and its write loses nothing. A hash this buffer does not hold
+        (the parent's log is another chain than this boot's) drops nothing."""
+        after = params.get("after_hash")
+        if after is not None and not isinstance(after, str):
+            raise InvalidParams("after_hash: expected a hex string")
         with self._lock:
             if self._started:
                 self._maybe_checkpoint()
-            while self._buffer and self._buffer[0][0] <= after:
-                self._buffer.popleft()
-            lines = [line for _, line in itertools.islice(self._buffer, MAX_DRAIN)]
+            if after is not None:
+                position = next((n for n, (_, _, digest) in enumerate(self._buffer) if digest == after), None)
+                for _ in range(position + 1 if position is not None else 0):
+                    self._buffer.popleft()
+            batch = list(itertools.islice(self._buffer, MAX_DRAIN))
+            lines = [line for _, line, _ in batch]
             more = len(self._buffer) > len(lines)
-            sealed_head = self._sealed_head
+            if batch and self.state.master_key is not None:
+                # What a later boot will trust the parent's log to reach: the last line handed over now.
+                self._sealed_head = self._seal_head(batch[-1][0], batch[-1][2])
+            sealed_head = self._sealed_head if batch else None
         return {"lines": lines, "more": more, "started": self._started, "sealed_head": sealed_head}
 
     def handlers(self) -> dict[str, Any]:

@@ -81,9 +81,9 @@ class AuditWriter:
         self.rotate_bytes = rotate_bytes
         self.interval = interval
         self.written = -1  # index of the last line written durably
+        self.head = GENESIS  # and its hash: what the next drain acknowledges
         self.lines = 0  # lines written by this process
-        self._sealed_stored = -1
-        self.checkpoint_at = 0.0  # when the last checkpoint's line and sealed head were stored
+        self.checkpoint_at = 0.0  # when the last checkpoint line was written
 
     async def resume(self) -> None:
         """At bring-up: hand a new boot the recent lines of the file (it rebuilds rolling windows and the
@@ -95,7 +95,7 @@ class AuditWriter:
         except (ValueError, KeyError, TypeError):
             await asyncio.to_thread(self._set_aside)
             index, head, last = 0, GENESIS, -1
-        self.written = last
+        self.written, self.head = last, head
         raw = await asyncio.to_thread(self.signer.store.get_meta, META_AUDIT_HEAD)
         sealed = cbor2.loads(raw) if raw else None
         try:
@@ -134,18 +134,26 @@ class AuditWriter:
     async def drain_once(self) -> int:
         total = 0
         while True:
-            result = await self.signer.client.call("audit_drain", {"after": self.written}, timeout=30)
+            result = await self.signer.client.call("audit_drain", {"after_hash": self.head}, timeout=30)
             lines: list[bytes] = result["lines"]
-            if lines:
-                await asyncio.to_thread(self._append, lines)
-                self.written = int(json.loads(lines[-1])["i"])
-                total += len(lines)
-            sealed = result.get("sealed_head")
-            # The sealed head is stored once its line is on disk: a later boot trusts the file up to it.
-            if sealed is not None and sealed["index"] <= self.written and sealed["index"] != self._sealed_stored:
-                await asyncio.to_thread(self.signer.store.set_meta, META_AUDIT_HEAD, cbor2.dumps(sealed))
-                self._sealed_stored = sealed["index"]
+            if not lines:
+                return total
+            expected = self.head
+            for line in lines:
+                entry = json.loads(line)
+                if entry["prev"] != expected:
+                    # Written all the same (the log shows the break, and a later boot treats it as a gap).
+                    log.error("AUDIT CHAIN BREAK at entry %d: the enclave's chain does not continue this log "
+                              "(another process started it?)", entry["i"])
+                expected = line_hash(line)
+            await asyncio.to_thread(self._append, lines)
+            self.written, self.head = int(json.loads(lines[-1])["i"]), expected
+            total += len(lines)
+            if any(b'"kind":"checkpoint"' in line for line in lines):
                 self.checkpoint_at = time.time()
+            sealed = result.get("sealed_head")
+            if sealed is not None:  # it names the last line just written: a later boot trusts the file up to it
+                await asyncio.to_thread(self.signer.store.set_meta, META_AUDIT_HEAD, cbor2.dumps(sealed))
             if not result["more"]:
                 return total
 
