@@ -32,7 +32,10 @@ ADDRESS = "0x" + "5a" * 20  # replaced by the stack's account in every body
 METHODS = ["account_version", "account_list", "eth_accounts", "eth_sign", "eth_signTypedData_v4",
            "account_signTypedData", "account_signData", "account_signTransaction", "eth_signTransaction",
            "account_signGnosisSafeTx", "clave_listAccounts", "rpc_modules", "no_such_method",
-           "personal_sign", "eth_signTypedData", "eth_signTypedData_v3", "eth_chainId", "eth_blockNumber"]
+           "personal_sign", "eth_signTypedData", "eth_signTypedData_v3", "eth_chainId", "eth_blockNumber",
+           # custody policy (README "Custody policy"): hostile arguments get an answer, never a crash
+           "clave_policyStatus", "clave_policyApply", "clave_freeze", "clave_unfreeze", "clave_auditAck",
+           "clave_adminsChange", "clave_approvals", "clave_approve", "clave_reject"]
 
 # Raw JSON texts, not Python values: the point is what the parser makes of them.
 RAW_NUMBERS = ["1e400", "-1e400", "1e-400", "-0", "0.1", "1E+2", "9" * 400, "-" + "9" * 4000,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli.audit import add_audit_commands
 from clave.cli.backup import add_backup_commands
 from clave.cli.client import (
     add_client_options,
@@ -24,6 +25,7 @@ from clave.cli.client import (
     store_meta,
 )
 from clave.cli.opera import add_validator_commands
+from clave.cli.policy import add_admin_change, add_policy_commands
 from clave.sidecar.config import (
     DEFAULT_DATADIR,
     DEFAULT_HTTP_ADDR,
@@ -63,6 +65,8 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
                         help="a file with one 'Name: value' HTTP header sent to the --downstream node")
     parser.add_argument("--admin", default="", metavar="0xADDR[,0xADDR]",
                         help="a new datadir's admin set: the keys whose signature authorizes a keyfile export")
+    parser.add_argument("--admin-threshold", dest="admin_threshold", type=int, default=1, metavar="K",
+                        help="admin signatures a custody-policy change or an unfreeze needs (default 1)")
 
 
 def parse_admins(text: str) -> list[bytes]:
@@ -79,6 +83,14 @@ def parse_admins(text: str) -> list[bytes]:
     if len(set(admins)) != len(admins):
         raise SystemExit("clave: --admin: an address is given twice")
     return admins
+
+
+def check_threshold(threshold: int, admins: list[bytes]) -> int:
+    if admins and not 1 <= threshold <= len(admins):
+        raise SystemExit(f"clave: --admin-threshold {threshold}: expected 1..{len(admins)} (the number of admins)")
+    if not admins and threshold != 1:
+        raise SystemExit("clave: --admin-threshold needs --admin")
+    return threshold
 
 
 def _workers(text: str) -> int:
@@ -125,6 +137,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         eth_signtx_result=args.eth_signtx_result,
         downstream=_downstream(args),
         downstream_auth_file=Path(args.downstream_auth_file) if args.downstream_auth_file else None,
+        admin_threshold=check_threshold(args.admin_threshold, parse_admins(args.admin)),
     )
 
 
@@ -224,12 +237,26 @@ def cmd_attest(args: argparse.Namespace) -> int:
         result.update(verified=True, document=describe(verified))
         result.update(_master_commitment(verified, args))
         result.update(_kms_key(verified, args))
+        result.update(_custody(verified))
     except Exception as exc:
         result.update(verified=False, error=str(exc))
     if args.out:
         Path(args.out).write_bytes(document)
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["verified"] else 1
+
+
+def _custody(verified: Any) -> dict[str, Any]:
+    """The custody state the enclave attests to (README "Custody policy"): K, sequence, freeze, policy hash,
+    and the audit checkpoint key. Compare `policy.hash` with `clave policy check FILE`."""
+    from clave.core.provenance import ProvenanceError, decode_audit_key, decode_policy
+
+    try:
+        policy, audit = decode_policy(verified.user_data), decode_audit_key(verified.user_data)
+    except ProvenanceError as exc:
+        return {"policy_error": exc.message}
+    shown = {k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in (policy or {}).items()}
+    return {"policy": shown or None, "audit_key": audit.hex() if audit is not None else None}
 
 
 def _master_commitment(verified: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -472,14 +499,13 @@ def _admin_account(keyfile: str, password_file: str):  # type: ignore[no-untyped
 def cmd_admin_init(args: argparse.Namespace) -> int:
     """Once, on a datadir that has no admin set (trust on first use): record the set to make; the enclave
     makes and seals it at its next boot, before it holds any key (restart the enclave, or `clave up`)."""
-    import cbor2
-
-    from clave.sidecar.signing.signer import META_ADMIN_PENDING, META_ADMIN_SET
+    from clave.sidecar.signing.signer import META_ADMIN_PENDING, META_ADMIN_SET, pending_admins
     from clave.sidecar.store.records import SqliteStore
 
     admins = parse_admins(args.admin)
     if not admins:
         raise SystemExit("clave: admin init: pass --admin 0xADDR[,0xADDR]")
+    threshold = check_threshold(getattr(args, "admin_threshold", 1), admins)
     path = Path(os.path.expanduser(args.datadir)).absolute() / "keystore.sqlite"
     if not path.exists():
         raise SystemExit(f"clave: {path}: no key store; on a new datadir pass --admin to clave up / clave serve")
@@ -487,7 +513,7 @@ def cmd_admin_init(args: argparse.Namespace) -> int:
     try:
         if store.get_meta(META_ADMIN_SET) is not None:
             raise SystemExit("clave: this datadir has an admin set already; it cannot be changed")
-        store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(admins)))
+        store.set_meta(META_ADMIN_PENDING, pending_admins(admins, threshold))
     finally:
         store.close()
     print("admin set recorded; the enclave seals it at its next start: restart the enclave "
@@ -568,7 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     init = adm.add_parser("init", help="once, on a datadir without one: set the admin set (trust on first use)")
     add_common_options(init)
     init.add_argument("--admin", required=True, metavar="0xADDR[,0xADDR]")
+    init.add_argument("--admin-threshold", dest="admin_threshold", type=int, default=1, metavar="K",
+                      help="admin signatures a custody-policy change or an unfreeze needs (default 1)")
     init.set_defaults(func=cmd_admin_init)
+    add_admin_change(adm)
     serve = sub.add_parser("serve", help="run the sidecar beside an enclave (production; systemd runs this)")
     _add_server(serve)
     serve.add_argument("--enclave", required=True, help="enclave address: vsock://CID:PORT or unix:PATH")
@@ -633,6 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     pol.set_defaults(func=cmd_kms_policy)
     add_validator_commands(sub)
     add_backup_commands(sub)  # custodian, backup, recovery (cli/backup.py)
+    add_policy_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ class ClaveError(Exception):
     """Root of clave's own errors."""
 
     code: int = SERVER_ERROR
+    data: object = None  # JSON-RPC error `data` (a policy denial names its rule there), never a secret
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)

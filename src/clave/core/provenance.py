@@ -1,7 +1,7 @@
 """Master-key provenance: the commitment to the enclave's master key that its attestation documents carry.
 
-The enclave takes one master key per boot (a second `load_master_key` is refused whatever it carries) and,
-once it holds one, puts a commitment to it into the `user_data` of every attestation document. The NSM
+The enclave takes one master key per boot, from KMS over its own TLS session (a second exchange is refused
+before anything is sent) and, once it holds one, puts a commitment to it into the `user_data` of every attestation document. The NSM
 signs `user_data` with the rest of the document, so the parent cannot forge it. The sidecar pins the
 commitment of its store's key (store meta `master_commitment`) and refuses an enclave that reports another
 one (or none while it says it is ready); the CLI checks it before sealing a secret to the enclave.
@@ -15,7 +15,9 @@ enclave holds an operator admin set (export authorization), the map also has `"a
 it from KMS's answer inside its own TLS session (`enclave/kms.py`), so the parent cannot choose it; the
 sidecar pins it (store meta `kms_key_arn`) and `clave attest` shows it. `"recovery"` (only in the document
 `recovery_start` returns) is the enclave's one-time X25519 recovery key (`enclave/backup.py`): custodians
-seal their backup shares to it after checking the document.
+seal their backup shares to it after checking the document. `"policy"` is the custody state (K, sequence,
+freeze, the policy's hash; `enclave/policy.py`) and `"audit"` the key that signs this boot's audit-log
+checkpoints (`enclave/audit.py`).
 """
 
 from __future__ import annotations
@@ -60,9 +62,15 @@ def export_message(address: bytes, challenge: bytes) -> bytes:
 MAX_ARN = 2048
 
 
-def encode_user_data(master: bytes | None, admins: bytes | None = None, *, kms: str | None = None, recovery: bytes | None = None) -> bytes | None:
-    """The `user_data` an enclave holding a key with commitment `master` (released by the KMS key `kms`,
-    and an admin set with hash `admins`) attests to (None: no key yet)."""
+def encode_user_data(
+    master: bytes | None, admins: bytes | None = None, *, kms: str | None = None, recovery: bytes | None = None,
+    policy: dict[str, Any] | None = None, audit: bytes | None = None,
+) -> bytes | None:
+    """The `user_data` an enclave holding a key with commitment `master` (released by the KMS key `kms`, and an
+    admin set with hash `admins`) attests to (None: no key yet). `recovery`: a recovery ceremony's one-time
+    X25519 key (enclave/backup.py). `policy`: the custody state (threshold "k", sequence "seq", "frozen", and
+    the policy "hash" when one is in force; enclave/policy.py). `audit`: the public key that signs this
+    boot's audit-log checkpoints (Ed25519, 32 bytes; enclave/audit.py)."""
     if master is None:
         return None
     if len(master) != COMMITMENT_SIZE:
@@ -74,6 +82,10 @@ def encode_user_data(master: bytes | None, admins: bytes | None = None, *, kms: 
         value["kms"] = kms
     if recovery is not None:
         value["recovery"] = recovery
+    if policy is not None:
+        value["policy"] = policy
+    if audit is not None:
+        value["audit"] = audit
     return cbor2.dumps(value)
 
 
@@ -93,6 +105,24 @@ def decode_kms(user_data: bytes | None) -> str | None:
     if kms is not None and (not isinstance(kms, str) or not 0 < len(kms) <= MAX_ARN):
         raise ProvenanceError("attestation user_data: kms must be a key ARN")
     return kms
+
+
+def decode_audit_key(user_data: bytes | None) -> bytes | None:
+    """The audit checkpoint key in `user_data`, or None."""
+    value = _decode(user_data)
+    key = value.get("audit") if value is not None else None
+    if key is not None and (not isinstance(key, bytes) or len(key) != 32):
+        raise ProvenanceError("attestation user_data: audit must be 32 bytes")
+    return key
+
+
+def decode_policy(user_data: bytes | None) -> dict[str, Any] | None:
+    """The custody state in `user_data` ("policy": k, seq, frozen, hash), or None without an admin set."""
+    value = _decode(user_data)
+    policy = value.get("policy") if value is not None else None
+    if policy is not None and not isinstance(policy, dict):
+        raise ProvenanceError("attestation user_data: policy must be a map")
+    return policy
 
 
 def decode_admins(user_data: bytes | None) -> bytes | None:

@@ -3,8 +3,9 @@
 The set is fixed at datadir creation (or once, later, on a datadir that has none) and kept by the parent
 only sealed under the master key (AES-256-GCM, the address list bound as associated data), so the parent
 cannot alter it: an altered record does not open. The enclave takes one admin set per boot, and only in a
-boot that holds no account key yet, so that nobody can give a running enclave an admin set of their own.
-Its hash is attested in `user_data` next to the master-key commitment (`core/provenance.py`).
+boot that holds no account key yet, so that nobody can give a running enclave an admin set of their own;
+after that only K signatures of the current admins replace it (`replace`, checked in enclave/policy.py).
+The threshold K is sealed with the set (record version 2). Its hash is attested in `user_data` next to the master-key commitment (`core/provenance.py`).
 
 An export needs an EIP-191 signature by an admin over `export_message(address, challenge)`, where the
 challenge is one this enclave issued for that address, at most `CHALLENGE_TTL` seconds ago, and not used
@@ -26,7 +27,7 @@ from clave.core.eth.messages import text_hash
 from clave.core.eth.secp256k1 import recover_address
 from clave.core.provenance import MAX_ADMINS, admin_set_hash, export_message
 
-ADMIN_RECORD_VERSION = 1
+ADMIN_RECORD_VERSION = 2  # 2 adds the threshold K (custody changes need K admin signatures); 1 reads as K = 1
 CHALLENGE_TTL = 300  # seconds
 MAX_CHALLENGES = 1024  # outstanding; the oldest are dropped beyond that
 
@@ -43,28 +44,42 @@ def parse_admins(value: Any) -> tuple[bytes, ...]:
     return tuple(sorted(value))
 
 
-def _associated_data(admins: tuple[bytes, ...]) -> bytes:
-    return cbor2.dumps(["clave-admins", ADMIN_RECORD_VERSION, list(admins)])
+def parse_threshold(value: Any, admins: tuple[bytes, ...]) -> int:
+    """K of `--admin-threshold K`: 1..len(admins); absent means 1."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(admins):
+        raise InvalidParams(f"threshold: expected 1..{len(admins)} (the number of admins)")
+    return value
 
 
-def seal_admins(master_key: bytes, admins: tuple[bytes, ...]) -> dict[str, Any]:
+def _associated_data(admins: tuple[bytes, ...], threshold: int, version: int) -> bytes:
+    if version == 1:
+        return cbor2.dumps(["clave-admins", 1, list(admins)])
+    return cbor2.dumps(["clave-admins", version, list(admins), threshold])
+
+
+def seal_admins(master_key: bytes, admins: tuple[bytes, ...], threshold: int = 1) -> dict[str, Any]:
     nonce = os.urandom(12)
-    tag = AESGCM(master_key).encrypt(nonce, b"", _associated_data(admins))
-    return {"v": ADMIN_RECORD_VERSION, "admins": list(admins), "nonce": nonce, "tag": tag}
+    tag = AESGCM(master_key).encrypt(nonce, b"", _associated_data(admins, threshold, ADMIN_RECORD_VERSION))
+    return {"v": ADMIN_RECORD_VERSION, "admins": list(admins), "threshold": threshold, "nonce": nonce, "tag": tag}
 
 
-def unseal_admins(master_key: bytes, record: Any) -> tuple[bytes, ...]:
-    if not isinstance(record, dict) or record.get("v") != ADMIN_RECORD_VERSION:
+def unseal_admins(master_key: bytes, record: Any) -> tuple[tuple[bytes, ...], int]:
+    """The admin set and its threshold from a sealed record (version 1 records have K = 1)."""
+    if not isinstance(record, dict) or record.get("v") not in (1, ADMIN_RECORD_VERSION):
         raise RequestError("unsupported admin-set record")
+    version = record["v"]
     admins = parse_admins(record.get("admins"))
+    threshold = 1 if version == 1 else parse_threshold(record.get("threshold"), admins)
     nonce, tag = record.get("nonce"), record.get("tag")
     if not isinstance(nonce, bytes) or len(nonce) != 12 or not isinstance(tag, bytes):
         raise RequestError("malformed admin-set record")
     try:
-        AESGCM(master_key).decrypt(nonce, tag, _associated_data(admins))
+        AESGCM(master_key).decrypt(nonce, tag, _associated_data(admins, threshold, version))
     except InvalidTag:
         raise RequestError("the admin-set record does not open under this master key (altered?)") from None
-    return admins
+    return admins, threshold
 
 
 class AdminSet:
@@ -72,16 +87,25 @@ class AdminSet:
 
     def __init__(self) -> None:
         self.admins: tuple[bytes, ...] | None = None
+        self.threshold = 1  # K: admin signatures a custody change needs (core/policy/authority.py)
         self._challenges: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
 
     @property
     def hash(self) -> bytes | None:
         return admin_set_hash(self.admins) if self.admins is not None else None
 
-    def set(self, admins: tuple[bytes, ...]) -> None:
+    def set(self, admins: tuple[bytes, ...], threshold: int = 1) -> None:
         if self.admins is not None:
             raise RequestError("an admin set is already loaded in this enclave boot (one per boot)")
         self.admins = admins
+        self.threshold = threshold
+
+    def replace(self, admins: tuple[bytes, ...], threshold: int) -> None:
+        """A new admin set, authorized by K signatures of the current one (enclave/policy.py checks them)."""
+        self.require()
+        self.admins = admins
+        self.threshold = threshold
+        self._challenges.clear()  # issued to the old set's authority
 
     def challenge(self, address: bytes, now: float) -> bytes:
         self.require()

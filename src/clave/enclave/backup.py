@@ -32,7 +32,6 @@ from clave.core import feldman, shamir
 from clave.core.errors import InvalidParams, RequestError
 from clave.core.eth.messages import text_hash
 from clave.core.eth.secp256k1 import address_of, recover_address
-from clave.core.provenance import encode_user_data
 from clave.enclave.admins import NoAdminSet
 from clave.enclave.keys import KeyTable, key_from_secret
 from clave.enclave.nitro import nsm as nsm_api
@@ -165,8 +164,7 @@ class Backups:
             if self._recovery is None:
                 self._recovery = X25519PrivateKey.from_private_bytes(self._random(32))  # NSM ⊕ kernel
             public = bf.public_key_bytes(self._recovery)
-        user_data = encode_user_data(self.state.commitment, self.state.admin_set.hash, kms=self.state.kms_key_arn,
-                                     recovery=public)
+        user_data = self.state.user_data(recovery=public)
         document = nsm_api.attestation(self.state.nsm, user_data=user_data, nonce=nonce, public_key=self.state.boot_public)
         return {"document": document, "recovery_key": public}
 

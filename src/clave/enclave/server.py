@@ -88,7 +88,7 @@ class FrameServer:
         except NotReady as exc:
             return protocol.error_reply(request_id, protocol.E_NOT_READY, exc.message)
         except ClaveError as exc:
-            return protocol.error_reply(request_id, exc.code, exc.message)
+            return protocol.error_reply(request_id, exc.code, exc.message, exc.data)
         except Exception:
             # Never echo an unexpected exception: its text could quote a secret it was handling.
             log.exception("handler %s crashed", method)

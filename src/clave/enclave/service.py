@@ -17,7 +17,8 @@ from clave import __version__
 from clave.core.errors import InvalidParams, MethodNotFound, RequestError
 from clave.core.eth import clique, messages, transactions, typed_data
 from clave.enclave import kdf_pool, kms
-from clave.enclave.admins import parse_admins, seal_admins, unseal_admins
+from clave.enclave.admins import parse_admins, parse_threshold, seal_admins, unseal_admins
+from clave.enclave.audit import AuditLog
 from clave.enclave.backup import backup_handlers
 from clave.enclave.keyfile import decrypt_keyfile, encrypt_keyfile
 from clave.enclave.keys import KeyTable, LoadedKey, generate_secrets
@@ -25,6 +26,7 @@ from clave.enclave.kms_tls import KmsTransport
 from clave.enclave.nitro import nsm as nsm_api
 from clave.enclave.nitro.cms import open_enveloped_data
 from clave.enclave.opera_keys import validator_handlers
+from clave.enclave.policy import Custody
 from clave.enclave.sealing import RecordMeta, seal, unseal
 from clave.enclave.signing import Signature, sign_preimage
 from clave.enclave.state import EnclaveState
@@ -77,6 +79,12 @@ class EnclaveService:
         }
         self.handlers.update(validator_handlers(self.state))  # go-opera/sonic validator keys
         self.handlers.update(backup_handlers(self.state, self._keys))  # backup and recovery (enclave/backup.py)
+        self.audit = AuditLog(self.state)  # hash-chained audit log, signed checkpoints (enclave/audit.py)
+        self.state.audit_key = self.audit.public_key
+        self.custody = Custody(self.state, self.audit)  # custody policy, freeze (enclave/policy.py)
+        self.state.policy_summary = self.custody.summary
+        self.handlers.update(self.custody.handlers())
+        self.handlers.update(self.audit.handlers())
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -198,7 +206,8 @@ class EnclaveService:
             raise InvalidParams("envelope must carry keyfile and password strings")
         self.state.master()
         secret = kdf_pool.run(decrypt_keyfile, keyfile, password)
-        _, record = self._seal_new(secret, "imported", bool(params.get("exportable", False)))
+        key, record = self._seal_new(secret, "imported", bool(params.get("exportable", False)))
+        self.audit.record("import", account="0x" + key.address.hex(), exportable=key.exportable)
         return {"record": record}
 
     # -- operator admin set and export authorization (enclave/admins.py) ---------------------------
@@ -207,16 +216,19 @@ class EnclaveService:
         """Make this datadir's admin set: only in a boot that holds no account key yet, so that nobody can
         hand a running enclave an admin set of their own; returns it sealed under the master key."""
         admins = parse_admins(params.get("admins"))
+        threshold = parse_threshold(params.get("threshold"), admins)
         master = self.state.master()
         if len(self._keys):
             raise RequestError("an admin set is made only in an enclave boot that holds no keys yet (restart the enclave)")
-        self.state.admin_set.set(admins)
-        return {"record": seal_admins(master, admins)}
+        self.state.admin_set.set(admins, threshold)
+        self.audit.record("admins", made=True, admins=["0x" + a.hex() for a in admins], threshold=threshold)
+        return {"record": seal_admins(master, admins, threshold)}
 
     def load_admins(self, params: dict[str, Any]) -> dict[str, Any]:
-        admins = unseal_admins(self.state.master(), params.get("record"))
-        self.state.admin_set.set(admins)
-        return {"admins": list(admins)}
+        admins, threshold = unseal_admins(self.state.master(), params.get("record"))
+        self.state.admin_set.set(admins, threshold)
+        self.audit.record("admins", made=False, admins=["0x" + a.hex() for a in admins], threshold=threshold)
+        return {"admins": list(admins), "threshold": threshold}
 
     def export_challenge(self, params: dict[str, Any]) -> dict[str, Any]:
         address = _bytes(params, "address", 20)
@@ -234,7 +246,8 @@ class EnclaveService:
         key = self._exportable(address)
         # An admin's signature over a challenge this enclave issued for this address: the parent cannot
         # make it up, so a process that reaches the enclave directly cannot export either.
-        self.state.admin_set.authorize(address, params.get("challenge"), params.get("signature"), self.state.clock())
+        admin = self.state.admin_set.authorize(address, params.get("challenge"), params.get("signature"), self.state.clock())
+        self.audit.record("export", account="0x" + address.hex(), admin="0x" + admin.hex())
         payload = self.state.open_envelope(_bytes(params, "envelope"))
         password = payload.get("password")
         if not isinstance(password, str) or not password:
@@ -250,7 +263,11 @@ class EnclaveService:
         key = self._keys.get(_bytes(params, "address", 20))
         return sign_preimage(key.key, preimage)
 
-    def _message_result(self, params: dict[str, Any], preimage: bytes) -> dict[str, Any]:
+    def _message_result(self, params: dict[str, Any], preimage: bytes, kind: str,
+                        typed: dict[str, Any] | None = None) -> dict[str, Any]:
+        address = _bytes(params, "address", 20)
+        self._keys.get(address)  # unknown account before policy: the same answer as without one
+        self.custody.check_message(address, kind, typed)  # Denied: clef's "request denied"
         signature, digest = self._sign(params, preimage)
         return {"signature": signature.to_bytes(), "digest": digest}
 
@@ -259,6 +276,9 @@ class EnclaveService:
         if not isinstance(tx, dict):
             raise InvalidParams("tx: expected a map")
         preimage, finish = transactions.prepare(tx)
+        address = _bytes(params, "address", 20)
+        self._keys.get(address)
+        self.custody.check_tx(address, tx, preimage, params.get("approvals"))  # Denied: clef's "request denied"
         signature, _ = self._sign(params, preimage)
         raw = finish(signature.y_parity, signature.r, signature.s)
         return {
@@ -270,20 +290,20 @@ class EnclaveService:
         }
 
     def sign_personal(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self._message_result(params, messages.personal_message(_bytes(params, "data")))
+        return self._message_result(params, messages.personal_message(_bytes(params, "data")), "personal")
 
     def sign_validator(self, params: dict[str, Any]) -> dict[str, Any]:
         preimage = messages.validator_message(_bytes(params, "validator", 20), _bytes(params, "data"))
-        return self._message_result(params, preimage)
+        return self._message_result(params, preimage, "validator")
 
     def sign_typed(self, params: dict[str, Any]) -> dict[str, Any]:
         typed = params.get("typed_data")
         if not isinstance(typed, dict):
             raise InvalidParams("typed_data: expected a map")
-        return self._message_result(params, typed_data.typed_data_preimage(typed))
+        return self._message_result(params, typed_data.typed_data_preimage(typed), "typed_data", typed)
 
     def sign_clique(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self._message_result(params, clique.clique_seal_preimage(_bytes(params, "header")))
+        return self._message_result(params, clique.clique_seal_preimage(_bytes(params, "header")), "clique")
 
     def call(self, method: str, params: Any) -> Any:
         handler = self.handlers.get(method)

@@ -39,6 +39,8 @@ class EnclaveState:
         self.commitment: bytes | None = None  # master_commitment(master_key), attested in user_data
         self.kms_key_arn: str | None = None  # the KMS key that released master_key (its answer's KeyId), attested
         self.admin_set = AdminSet()  # who may authorize exports; its hash is attested too
+        self.policy_summary: Callable[[], dict[str, Any] | None] = lambda: None  # enclave/policy.py
+        self.audit_key: bytes | None = None  # this boot's audit checkpoint key (enclave/audit.py)
 
     @property
     def ready(self) -> bool:
@@ -67,9 +69,13 @@ class EnclaveState:
                 "(restart the enclave to load another)"
             )
 
-    def user_data(self) -> bytes | None:
-        """What attestation documents carry in user_data: the master-key commitment, once a key is loaded."""
-        return encode_user_data(self.commitment, self.admin_set.hash, kms=self.kms_key_arn)
+    def user_data(self, recovery: bytes | None = None) -> bytes | None:
+        """What attestation documents carry in user_data once a key is loaded: the master-key commitment, the
+        KMS key, the admin set, the custody state and the audit key (and a recovery ceremony's key)."""
+        return encode_user_data(
+            self.commitment, self.admin_set.hash, kms=self.kms_key_arn, recovery=recovery,
+            policy=self.policy_summary(), audit=self.audit_key,
+        )
 
     def random(self, count: int) -> bytes:
         """`count` bytes from the NSM's random source."""

@@ -158,5 +158,8 @@ def peek_id(body: bytes) -> Any:
     return None
 
 
-def error_reply(request_id: Any, code: int, message: str) -> dict[str, Any]:
-    return {"id": request_id, "error": {"code": code, "message": message}}
+def error_reply(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"id": request_id, "error": error}

@@ -40,6 +40,7 @@ class SidecarConfig:
     eth_signtx_result: str = "raw"  # `--eth.signtx-result`: eth_signTransaction's "raw" 0x… or geth's {raw, tx}
     downstream: str | None = None  # `--downstream`: the node chain methods are forwarded to (proxy mode)
     downstream_auth_file: Path | None = None  # a file holding one `Name: value` header for the node
+    admin_threshold: int = 1  # `--admin-threshold`: admin signatures a custody change needs (K of N)
 
     @property
     def metrics_dir(self) -> Path:

@@ -11,11 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
-from clave.core.errors import ConfigError
+from clave.core.errors import ClaveError, ConfigError
 from clave.link.sockets import parse_address
+from clave.sidecar.audit import AuditWriter
 from clave.sidecar.config import SidecarConfig
 from clave.sidecar.observe.logs import account_of
 from clave.sidecar.observe.metrics import Metrics
+from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.proxy.methods import proxy_methods
 from clave.sidecar.rpc.dispatch import CallContext, Dispatcher
 from clave.sidecar.rpc.methods import build_methods
@@ -28,6 +30,7 @@ from clave.sidecar.transports.ipc import IpcServer
 from clave.sidecar.trust.kms_relay import KmsLoad
 
 log = logging.getLogger("clave.sidecar")
+AUDIT_FILE = "audit.log"
 REFUSED_SHOWN = 100  # refused records listed by /healthz; `unseal_failures` counts them all
 request_log = logging.getLogger("clave.request")
 
@@ -84,12 +87,16 @@ class Sidecar:
     store: SqliteStore
     ipc: IpcServer | None  # None in an HTTP worker: IPC belongs to the primary process
     runner: web.AppRunner | None = None
+    audit: AuditWriter | None = None  # None in an HTTP worker: the primary carries the audit log
+    _audit_task: asyncio.Task[None] | None = None
     http_url: str = ""
     http_port: int = 0
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # e.g. the downstream client
 
     async def start(self) -> None:
         self.signer.start_watch()
+        if self.audit is not None:
+            self._audit_task = start_supervised("audit-drain", self.audit.run, restarted=self.signer.task_restarted)
         if self.ipc is not None:
             await self.ipc.start()
 
@@ -109,6 +116,14 @@ class Sidecar:
         self.http_url = f"http://{host}:{port}"
 
     async def stop(self) -> None:
+        if self._audit_task is not None:
+            self._audit_task.cancel()
+            await asyncio.gather(self._audit_task, return_exceptions=True)
+        if self.audit is not None and self.signer.ready:
+            try:  # the last decisions, before the enclave goes too
+                await asyncio.wait_for(self.audit.drain_once(), 5)
+            except (ClaveError, TimeoutError) as exc:
+                log.warning("audit log: last drain failed: %s", getattr(exc, "message", "timed out"))
         await self.signer.stop()
         if self.ipc is not None:
             await self.ipc.close()
@@ -118,6 +133,19 @@ class Sidecar:
         for close in self.closers:
             await close()
         self.store.close()
+
+
+def _custody_health(custody: dict[str, Any], error: str) -> dict[str, object] | None:
+    if not custody and not error:
+        return None
+    policy_hash = custody.get("policy_hash")
+    return {
+        "threshold": custody.get("threshold"),
+        "sequence": custody.get("sequence"),
+        "frozen": custody.get("frozen"),
+        "policy_hash": "0x" + bytes(policy_hash).hex() if policy_hash else None,
+        "record_refused": error or None,
+    }
 
 
 def build_sidecar(
@@ -154,8 +182,10 @@ def build_sidecar(
             provision_key=provision_key,
             repin_key=repin_key,
             admins=list(config.admins),
+            admin_threshold=config.admin_threshold,
         )
     signer.on_task_restart = lambda task: metrics.task_restarts.labels(task).inc()
+    signer.on_denied = lambda rule: metrics.policy_denials.labels(rule).inc()
     methods = build_methods(signer, config, metrics)
     proxy = proxy_methods(SigningCalls(signer, metrics), config)
     methods.update(proxy.methods)
@@ -192,6 +222,9 @@ def build_sidecar(
     sidecar = Sidecar(config, signer, dispatcher, metrics, store, ipc)
     if proxy.close is not None:
         sidecar.closers.append(proxy.close)
+    if not isinstance(signer, FollowerSigner):
+        sidecar.audit = AuditWriter(signer, config.datadir / AUDIT_FILE)
+        signer.on_bring_up = sidecar.audit.resume
 
     async def health() -> tuple[int, dict[str, object]]:
         status = signer.status
@@ -222,6 +255,8 @@ def build_sidecar(
             # Who may authorize keyfile exports (sealed by the enclave under the master key).
             "admins": ["0x" + a.hex() for a in status.admins],
             "admins_pending": status.admins_pending,
+            # The custody policy in force (enclave/policy.py): its hash, sequence, freeze, denials by rule.
+            "custody": _custody_health(status.custody, status.custody_error),
             "last_error": status.last_error or None,
         }
         return (200 if ready else 503), body
@@ -232,6 +267,11 @@ def build_sidecar(
         metrics.records_refused.set(status.unseal_failures)
         metrics.attested.set(1 if status.attested else 0)
         metrics.master_mismatch.set(1 if status.master_mismatch else 0)
+        metrics.approvals_pending.set(len(signer.approvals))
+        metrics.custody_frozen.set(1 if status.custody.get("frozen") else 0)
+        metrics.audit_gap.set(1 if status.custody.get("gap") else 0)
+        if sidecar.audit is not None and sidecar.audit.checkpoint_at:
+            metrics.audit_checkpoint_age.set(time.time() - sidecar.audit.checkpoint_at)
         if status.attested:
             metrics.attestation_age.set(time.time() - status.attested_at)
         return metrics.render()

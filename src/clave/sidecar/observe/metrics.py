@@ -34,11 +34,25 @@ class Metrics:
         )
         self.signatures = Counter("clave_signatures", "Signatures made, by kind", ["kind"], registry=r)
         self.refusals = Counter("clave_refusals", "Requests refused, by reason", ["reason"], registry=r)
+        self.policy_denials = Counter(
+            "clave_policy_denials", "Requests the enclave's custody policy denied, by rule", ["rule"], registry=r
+        )
         self.kms_calls = Counter("clave_kms_calls", "KMS calls by operation and outcome", ["operation", "outcome"], registry=r)
         # Every process sets the gauges from the same (mirrored) status when it answers a scrape; across
         # processes the latest write is the true one.
         mode: Literal["mostrecent"] = "mostrecent"
         self.keys_loaded = Gauge("clave_keys_loaded", "Accounts unsealed in the enclave", registry=r, multiprocess_mode=mode)
+        self.custody_frozen = Gauge("clave_custody_frozen", "1 while an admin has frozen all signing", registry=r,
+                                    multiprocess_mode=mode)
+        self.audit_gap = Gauge("clave_audit_gap", "1 while an audit-log gap denies all signing (clave audit ack)",
+                               registry=r, multiprocess_mode=mode)
+        self.audit_checkpoint_age = Gauge(
+            "clave_audit_checkpoint_age_seconds", "Seconds since the last audit checkpoint reached the datadir",
+            registry=r, multiprocess_mode=mode,
+        )
+        # Each process holds its own waiting requests: the sum over live processes.
+        self.approvals_pending = Gauge("clave_approvals_pending", "Requests waiting for admin approval", registry=r,
+                                       multiprocess_mode="livesum")
         self.attested = Gauge(
             "clave_attestation_ok", "1 when the enclave's last attestation verified", registry=r, multiprocess_mode=mode
         )

@@ -13,6 +13,7 @@ from clave.sidecar.rpc.clef import clef_methods
 from clave.sidecar.rpc.dispatch import CallContext, Method
 from clave.sidecar.rpc.eth import eth_methods
 from clave.sidecar.rpc.opera import opera_methods
+from clave.sidecar.rpc.policy import policy_methods
 from clave.sidecar.rpc.signing import SigningCalls
 from clave.sidecar.signing.signer import Signer
 
@@ -32,6 +33,7 @@ def build_methods(signer: Signer, config: SidecarConfig, metrics: Metrics) -> di
         "rpc_modules": Method(rpc_modules),
         **eth_methods(sign, config.chain_ids, config.tx_fee_cap_wei, signtx_result=config.eth_signtx_result),
         **admin_methods(signer),
+        **policy_methods(signer),
         **opera_methods(signer),
         **backup_methods(signer),
     }

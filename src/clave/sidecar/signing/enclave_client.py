@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clave.core.errors import InfraError, RequestError
+from clave.core.policy.engine import ApprovalRequired, Denied
 from clave.link import frames as protocol
 from clave.link.sockets import Address, open_connection
 
@@ -155,6 +156,12 @@ class EnclaveClient:
             if code == protocol.E_NOT_READY:
                 raise EnclaveNotReady(message)
             if isinstance(code, int) and code < 0:
+                data = error.get("data")
+                if isinstance(data, dict) and isinstance(data.get("approval"), str):  # a rule wants approvals
+                    raise ApprovalRequired(str(data.get("rule")), bytes.fromhex(data["approval"]),
+                                           int(data.get("approvers", 1)), int(data.get("timeout", 300)))
+                if isinstance(data, dict) and isinstance(data.get("rule"), str):  # a custody-policy denial
+                    raise Denied(data["rule"], str(data.get("reason", "")))
                 raise RequestError(message, code=code)
             raise EnclaveFailed(message)
         return reply.get("result")

@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,8 +21,11 @@ import cbor2
 from cryptography import x509
 
 from clave.core.errors import InfraError, RequestError, UnknownAccount
+from clave.core.policy import authority
+from clave.core.policy.engine import ApprovalRequired, Denied
 from clave.core.provenance import ProvenanceError, admin_set_hash, decode_admins, decode_kms, decode_user_data
 from clave.core.shapes import MessageSignature, NormalizedTx, SignedTx
+from clave.sidecar.approvals import Approvals
 from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.signing.enclave_client import (
     SLOW_TIMEOUT,
@@ -43,6 +46,7 @@ META_MASTER_COMMITMENT = "master_commitment"  # the store's master key, as the e
 META_KMS_KEY_ARN = "kms_key_arn"  # the KMS key (ARN, account included) that released it, as attested
 META_ADMIN_SET = "admin_set"  # the operator admin set, sealed by the enclave under the master key (CBOR)
 META_ADMIN_PENDING = "admin_pending"  # an admin set to make at the next enclave boot (CBOR list; b"" = none)
+META_CUSTODY = "custody"  # the custody policy and freeze state, sealed by the enclave (CBOR; enclave/policy.py)
 UNSEAL_BATCH = 5000
 GENERATE_BATCH = 5000
 BULK = 1000  # from this many new accounts on, one full collection to freeze them is worth its pause
@@ -134,6 +138,8 @@ class Status:
     master_mismatch: str = ""  # why the enclave's master key was refused, while it is
     admins: list[bytes] = field(default_factory=list)  # the enclave's admin set (export authorization)
     admins_pending: bool = False  # an admin set waits for the next enclave boot
+    custody: dict[str, Any] = field(default_factory=dict)  # the enclave's custody state (policy, freeze)
+    custody_error: str = ""  # why the stored custody record was refused (then every signature is denied)
 
 
 class Signer:
@@ -149,9 +155,14 @@ class Signer:
         repin_key: Callable[[str, AttestationDocument], Any] | None = None,
         clock: Callable[[], float] = time.time,
         admins: list[bytes] | None = None,
+        admin_threshold: int = 1,
     ) -> None:
         self.client = client
         self.admins = admins  # `--admin`: the admin set of a new datadir
+        self.admin_threshold = admin_threshold  # `--admin-threshold`: K of those admins for custody changes
+        self.on_denied: Callable[[str], None] | None = None  # the wiring counts policy denials by rule
+        self.on_bring_up: Callable[[], Awaitable[None]] | None = None  # the audit writer resumes the chain
+        self.approvals = Approvals(self._approval_outcome, self._approver, clock)  # requests held for approval
         self.store = store
         self.sealing = sealing
         self.attestation = attestation
@@ -233,6 +244,9 @@ class Signer:
                 log.warning("pinned the store's KMS key %s", kms_key)
             await self._same_boot(boot)
             self.status.admins = await self._settle_admins(boot)
+            await self._settle_custody()
+            if self.on_bring_up is not None:
+                await self.on_bring_up()
             self._boot_public = boot
             self.status.master_verified = True
             self.status.master_mismatch = ""
@@ -315,10 +329,10 @@ class Signer:
                 raise AdminSetMismatch("admin set mismatch: the enclave holds an admin set other than the store's")
             return admins
         pending_raw = await asyncio.to_thread(self.store.get_meta, META_ADMIN_PENDING)
-        pending = [bytes(a) for a in cbor2.loads(pending_raw)] if pending_raw else None
+        pending, threshold = read_pending_admins(pending_raw)
         if pending is not None and attested is None:
             try:
-                result = await self.client.call("init_admins", {"admins": pending})
+                result = await self.client.call("init_admins", {"admins": pending, "threshold": threshold})
             except RequestError as exc:
                 self.status.admins_pending = True
                 log.warning("admin set pending until the next enclave boot: %s", exc.message)
@@ -332,6 +346,58 @@ class Signer:
             log.warning("--admin names the admin set of a new datadir; this one was made without: run "
                         "`clave admin init --admin …` once and restart the enclave")
         return []
+
+    async def _settle_custody(self) -> None:
+        """Give the enclave the stored custody record (policy, freeze), and say at start what protects the
+        keys. A record the enclave refuses (altered) stops all signing there; it is reported, not fatal."""
+        self.status.custody_error = ""
+        if not self.status.admins:
+            self.status.custody = {}
+            log.warning("no admin set: no custody policy protects the keys (any caller that reaches the signer "
+                        "can sign anything with every account; see README \"Custody policy\")")
+            return
+        stored = await asyncio.to_thread(self.store.get_meta, META_CUSTODY)
+        if stored is not None:
+            try:
+                await self.client.call("custody_load", {"record": cbor2.loads(stored)})
+            except RequestError as exc:
+                self.status.custody_error = exc.message
+                log.error("CUSTODY RECORD REFUSED: %s", exc.message)
+        self.status.custody = await self.custody_status()
+        if self.status.custody.get("policy_hash") is None and not self.status.custody_error:
+            log.warning("admin set without a custody policy: signing is open until the admins apply one "
+                        "(clave policy apply)")
+
+    def _approver(self, request: bytes, signature: bytes) -> bytes:
+        """The admin whose EIP-712 `Approval` of `request` this is (the enclave checks again)."""
+        set_id = self.status.custody.get("admin_set_id")
+        if not set_id:
+            raise RequestError("approval refused: this clave has no admin set")
+        (signer,) = authority.signers(authority.approval_digest(bytes(set_id), request), [signature])
+        if signer not in self.status.admins:
+            raise RequestError(f"approval refused: 0x{signer.hex()} is not an admin")
+        return signer
+
+    async def _approval_outcome(self, request: bytes, outcome: str, rule: str) -> None:
+        await self.client.call("approval_outcome", {"request": request, "outcome": outcome, "rule": rule})
+
+    async def custody_status(self) -> dict[str, Any]:
+        return await self.client.call("custody_status")  # type: ignore[no-any-return]
+
+    async def custody_change(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """policy_apply, freeze, unfreeze, audit_ack or admins_change: the enclave checks the admin
+        signatures and returns the new state sealed; it is stored before the caller hears of it."""
+        result: dict[str, Any] = await self._call(method, params, timeout=SLOW_TIMEOUT)
+        admin_record = result.pop("admin_record", None)
+        if admin_record is not None:  # a new admin set: its record and the custody state bound to it
+            await asyncio.to_thread(self.store.set_meta, META_ADMIN_SET, cbor2.dumps(admin_record))
+            self.status.admins = [bytes(a) for a in admin_record["admins"]]
+        await asyncio.to_thread(self.store.set_meta, META_CUSTODY, cbor2.dumps(result.pop("record")))
+        self.status.custody_error = ""
+        self.status.custody = await self.custody_status()
+        log.warning("custody change %s (sequence %d) signed by %s", method, result["sequence"],
+                    ", ".join("0x" + bytes(a).hex() for a in result.get("signers", [])))
+        return result
 
     async def _same_boot(self, boot: bytes) -> None:
         """InfraError (retried) if the enclave restarted since it attested: a new boot is verified anew."""
@@ -365,7 +431,7 @@ class Signer:
             # Stored only after the enclave took the key, so a failed first start leaves nothing behind.
             self.store.set_meta(META_DATA_KEY, loaded.ciphertext_blob)
             if self.admins:  # a new datadir: its admin set is made once the key is verified (bring-up)
-                self.store.set_meta(META_ADMIN_PENDING, cbor2.dumps(sorted(self.admins)))
+                self.store.set_meta(META_ADMIN_PENDING, pending_admins(self.admins, self.admin_threshold))
         else:
             try:
                 loaded = await self.sealing.decrypt(self.client, key_id, wrapped)
@@ -578,7 +644,16 @@ class Signer:
             raise EnclaveNotReady(self.status.last_error or "keys are being unsealed")
         if not self.client.connected or self.client.connections != self._checked_connection:
             await self._check_connection()
-        return await self.client.call(method, params, timeout=timeout)
+        try:
+            return await self.client.call(method, params, timeout=timeout)
+        except Denied as denied:
+            address = params.get("address")
+            shown = "0x" + address.hex() if isinstance(address, bytes) else "-"
+            log.warning("request denied by custody policy: rule=%s reason=%s method=%s account=%s",
+                        denied.rule, denied.reason, method, shown)
+            if self.on_denied is not None:
+                self.on_denied(denied.rule)
+            raise
 
     async def _check_connection(self) -> None:
         """A new connection may reach a restarted enclave that holds no keys until they are unsealed again
@@ -634,13 +709,46 @@ class Signer:
 
     async def sign_tx(self, address: bytes, tx: NormalizedTx) -> SignedTx:
         await self.require(address)
-        return await self._call("sign_tx", {"address": address, "tx": tx})  # type: ignore[no-any-return]
+        params: dict[str, Any] = {"address": address, "tx": tx}
+        try:
+            return await self._call("sign_tx", params)  # type: ignore[no-any-return]
+        except ApprovalRequired as needed:
+            to = tx.get("to")
+            summary = {"account": "0x" + address.hex(), "chainId": tx.get("chainId"), "nonce": tx.get("nonce"),
+                       "to": "0x" + to.hex() if isinstance(to, bytes) else None, "value": str(tx.get("value"))}
+
+            async def retry(signatures: list[bytes]) -> Any:
+                return await self._call("sign_tx", {**params, "approvals": signatures})
+
+            try:
+                return await self.approvals.hold(needed, summary, retry)  # type: ignore[no-any-return]
+            except Denied as denied:
+                log.warning("request denied by custody policy: rule=%s reason=%s method=sign_tx account=0x%s",
+                            denied.rule, denied.reason, address.hex())
+                if self.on_denied is not None:
+                    self.on_denied(denied.rule)
+                raise
 
     async def sign(self, method: str, address: bytes, **params: Any) -> tuple[bytes, bytes]:
         """Run one of the enclave's message signers; returns (65-byte signature with V 0/1, digest)."""
         await self.require(address)
         result: MessageSignature = await self._call(method, {"address": address, **params})
         return result["signature"], result["digest"]
+
+
+def pending_admins(admins: list[bytes], threshold: int) -> bytes:
+    """The store's pending admin set (made at the next enclave boot): CBOR {"admins", "threshold"}."""
+    return cbor2.dumps({"admins": sorted(admins), "threshold": threshold})
+
+
+def read_pending_admins(raw: bytes | None) -> tuple[list[bytes] | None, int]:
+    """(admins, threshold) of a pending admin set; a bare list (before thresholds) has K = 1."""
+    if not raw:
+        return None, 1
+    value = cbor2.loads(raw)
+    if isinstance(value, dict):
+        return [bytes(a) for a in value["admins"]], int(value.get("threshold", 1))
+    return [bytes(a) for a in value], 1
 
 
 def _text(value: bytes | None) -> str | None:
