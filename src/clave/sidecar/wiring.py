@@ -107,6 +107,10 @@ class Sidecar:
         self.http_port = port
         host = self.config.http_addr if ":" not in self.config.http_addr else f"[{self.config.http_addr}]"
         self.http_url = f"http://{host}:{port}"
+        if self.config.auth_token_file is None and not is_loopback(self.config.http_addr):
+            log.warning("HTTP listens on %s without a token: anything that reaches the port can ask for signatures "
+                        "and read /metrics; pass --http.auth-token-file FILE, or --http.addr 127.0.0.1",
+                        self.http_url)
 
     async def stop(self) -> None:
         await self.signer.stop()
@@ -118,6 +122,18 @@ class Sidecar:
         for close in self.closers:
             await close()
         self.store.close()
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether a --http.addr listens on the loopback only ("localhost" included; a name is not resolved)."""
+    import ipaddress
+
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def build_sidecar(
