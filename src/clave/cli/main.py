@@ -314,7 +314,7 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
     try:
         document = Path(args.file).read_bytes()
     except OSError as exc:
-        raise SystemExit(f"clave: {args.file}: {exc.strerror}") from None
+        raise SystemExit(f"clave: {args.file}: {exc.strerror}; pass a document saved by `clave attest --out FILE`") from None
     at_ms = args.at if args.at is not None else int(time.time() * 1000)
     try:
         verified = _verify_document(document, args, nonce=None, at_ms=at_ms)
@@ -341,7 +341,7 @@ def cmd_kms_policy(args: argparse.Namespace) -> int:
     try:
         policy = key_policy(args.role_arn, pcrs, args.image_sha384, admin_arn=args.admin_arn)
     except ValueError as exc:
-        raise SystemExit(f"clave: {exc}") from None
+        raise SystemExit(f"clave: kms-policy: {exc}; see `clave kms-policy --help`") from None
     print(json.dumps(policy, indent=2))
     return 0
 
