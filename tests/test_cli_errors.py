@@ -302,3 +302,24 @@ def test_password_prompts_that_differ_refuse(monkeypatch: pytest.MonkeyPatch) ->
 def test_password_file_first_line(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("first\nsecond\n")
     assert passwords.read_password(str(tmp_path / "pw")) == "first"
+
+
+@pytest.mark.parametrize(("addr", "loopback"), [
+    ("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True), ("127.0.0.2", True),
+    ("0.0.0.0", False), ("::", False), ("10.0.0.5", False), ("signer.internal", False),
+])
+def test_which_http_addresses_get_the_no_token_warning(addr: str, loopback: bool) -> None:
+    from clave.sidecar.wiring import is_loopback
+
+    assert is_loopback(addr) is loopback
+
+
+def test_log_helpers_bound_and_sanitize() -> None:
+    from clave.sidecar.observe.logs import log_text, method_for_log
+
+    assert method_for_log("eth_sign") == "eth_sign"
+    assert method_for_log("a b\nc\x1b[31m") == "a?b?c??31m"
+    assert method_for_log("m" * 200) == "m" * 64 + "…"
+    assert method_for_log("") == "?"
+    assert log_text("line one\nline two\r") == "line one line two "
+    assert log_text("e" * 1000) == "e" * 300 + "…"
