@@ -142,8 +142,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = base / "wheels"
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), str(src)],
-                          capture_output=True, text=True, timeout=900)
+    # setuptools and wheel too (pyproject's build requirements): the role builds a source directory offline.
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), str(src),
+                           "setuptools>=68", "wheel"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"wheelhouse built in {time.monotonic() - start:.1f}s")
     return wheels
@@ -242,6 +243,47 @@ def converged(ops_project: Path, wheelhouse: Path, tmp_path_factory: pytest.Temp
         yield result
     finally:
         clave.stop()
+
+
+# -- install sources ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["wheel", "directory", "requirement"])
+def test_install_converges_to_no_change_for_each_source(
+    source: str, ops_project: Path, wheelhouse: Path, tmp_path: Path
+) -> None:
+    """clave_pip_source as a wheel, a source directory and a requirement: the second converge changes
+    nothing; an edited source directory is installed again on the next."""
+    (wheel,) = wheelhouse.glob("clave-*.whl")
+    tree = tmp_path / "clave-src"
+    shutil.copytree(wheelhouse.parent / "src", tree)
+    pip_source = {"wheel": str(wheel), "directory": str(tree), "requirement": "clave==0.1.0"}[source]
+    root = tmp_path / "root"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "clave_become": False,
+            "clave_manage_services": False, "clave_manage_users": False, "clave_python": sys.executable,
+            "clave_mode": "local", "clave_root_prefix": str(root), "clave_pip_source": pip_source,
+            "clave_pip_extra_args": f"--no-index --find-links {wheelhouse}"}
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"clave": {"hosts": {"host1": host}}}}}))
+
+    def converge() -> dict[str, int]:
+        done = run_playbook(ops_project, tmp_path / "home", inventory, "--tags", "clave_preflight,clave_install")
+        assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+        return recap(done)["host1"]
+
+    assert converge()["changed"] > 0
+    assert converge()["changed"] == 0, f"{source}: the second converge changed something"
+    clave = root / "opt/clave/venv/bin/clave"
+    version = subprocess.run([str(clave), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout == "clave 0.1.0\n", version
+    if source == "directory":
+        installed = next((root / "opt/clave/venv/lib").glob("python3*/site-packages/clave/__init__.py"))
+        (tree / "src/clave/__init__.py").write_text((tree / "src/clave/__init__.py").read_text() + "# edited\n")
+        assert converge()["changed"] > 0, "an edited source directory is installed again"
+        assert installed.read_text().endswith("# edited\n")
+        assert converge()["changed"] == 0
+        assert not any(tree.glob("*.whl")), "the wheel is built in a temporary directory"
 
 
 # -- lint and syntax ----------------------------------------------------------------------------------------

@@ -676,6 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
         pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
     pol.set_defaults(func=cmd_kms_policy)
     add_validator_commands(sub)
+    from clave.cli.systemd_render import add_systemd_commands
+
+    add_systemd_commands(sub)
     from clave.cli.helptext import add_examples
 
     add_examples(parser)
