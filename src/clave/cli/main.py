@@ -531,6 +531,8 @@ def cmd_account_export(args: argparse.Namespace) -> int:
     if out.exists():
         raise SystemExit(f"clave: {out}: already exists; refusing to overwrite: choose another --out")  # before asking the enclave
     _check_out_dir(out)
+    if args.password_file == "-" and args.admin_password_file == "-":
+        raise SystemExit("clave: --password-file - and --admin-password-file - both read stdin; give one of them a file")
     password = read_password(args.password_file, prompt="Password for the exported keyfile: ", confirm=True)
     if not password:
         raise SystemExit(f"clave: {args.password_file or 'the prompt'}: the export password is empty; the exported "
