@@ -6,8 +6,9 @@ variables (ansible/roles/clave/defaults/main.yml, then vars/main.yml, then `--se
 
 Variables are resolved as Ansible resolves them: a value may name others (`{{ clave_install_dir }}/venv`),
 and a value that is one expression keeps its type (a list stays a list). The templates are rendered as the
-`template` module renders them (trim_blocks, the trailing newline kept). Needs Jinja2 and PyYAML (both come
-with ansible-core; `pip install 'clave[systemd]'` without it): imported only when this command runs.
+`template` module renders them (trim_blocks; the file's trailing newline kept, an include's dropped).
+Needs Jinja2 and PyYAML (both come with ansible-core; `pip install 'clave[systemd]'` without it): imported
+only when this command runs.
 """
 
 from __future__ import annotations
@@ -108,15 +109,26 @@ def render(source: Path, overrides: dict[str, Any]) -> dict[str, str]:
     raw.update(overrides)
     vars_ = Resolver(raw, jinja2).all()
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(source / TEMPLATES)), trim_blocks=True,
-                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False)
+                             undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters.update(ANSIBLE_FILTERS)
+
+    def template(name: str) -> str:
+        # As the template module: included files lose their last newline, the rendered file keeps its own.
+        text = env.get_template(name).render(vars_)
+        wanted = _trailing_newlines((source / TEMPLATES / name).read_text())
+        return text + "\n" * max(0, wanted - _trailing_newlines(text))
+
     out: dict[str, str] = {}
     for unit in vars_["clave_units"]:
-        out[unit] = env.get_template(vars_["clave_units_all"][unit]).render(vars_)
+        out[unit] = template(vars_["clave_units_all"][unit])
     if vars_["clave_node_kind"] != "none":
         dropin = vars_["clave_node_dropin"].removeprefix(vars_["clave_systemd_dir"]).lstrip("/")
-        out[dropin] = env.get_template("node-dropin.conf.j2").render(vars_)
+        out[dropin] = template("node-dropin.conf.j2")
     return out
+
+
+def _trailing_newlines(text: str) -> int:
+    return len(text) - len(text.rstrip("\n"))
 
 
 class Resolver:
