@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.clients import KNOWN_SECRETS, light_keyfile
 from tests.stack import ClaveProcess
+
+pytestmark = pytest.mark.slow  # the shared `clave up`, and `clave up`s of its own
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -69,3 +73,20 @@ def test_import_with_the_password_on_stdin_and_list_in_eip55(clave: ClaveProcess
     listed = clave.cli("account", "list")
     assert listed.returncode == 0, listed.stderr
     assert "{" + address[2:] + "}" in listed.stdout  # as geth prints it: mixed case, no 0x
+
+
+def test_http_beyond_the_loopback_without_a_token_warns(tmp_path: Path) -> None:
+    exposed = ClaveProcess(tmp_path / "exposed", extra=["--http.addr", "0.0.0.0"])
+    exposed.start()
+    try:
+        assert exposed.rpc("account_version") == "6.1.0"  # it serves: a warning, not a refusal
+    finally:
+        exposed.stop()
+    warnings = [line for line in exposed.logs().splitlines() if "without a token" in line]
+    assert len(warnings) == 1, exposed.logs()[-3000:]
+    assert "WARNING" in warnings[0] and "--http.auth-token-file" in warnings[0]
+
+    quiet = ClaveProcess(tmp_path / "loopback")
+    quiet.start()
+    quiet.stop()
+    assert "without a token" not in quiet.logs()
