@@ -20,6 +20,8 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,ops]'
+	# The newest ansible-core and ansible-lint: the lint test runs the rules an operator's fresh install has.
+	$(PY) -m pip install --quiet --upgrade ansible-core ansible-lint
 	touch $@
 
 # The ops tests run `systemd-analyze verify` on the rendered units: Debian's systemd package provides it.

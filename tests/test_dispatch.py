@@ -60,7 +60,7 @@ def observed() -> list[tuple[str, str, list[Any]]]:
 
 @pytest.fixture
 def dispatcher(calls: list[tuple[str, list[Any]]], observed: list[tuple[str, str, list[Any]]]) -> Dispatcher:
-    def observer(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:
+    def observer(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any], error: str) -> None:
         assert seconds >= 0 and ctx.transport in ("http", "ipc")
         observed.append((method, outcome, params))
 

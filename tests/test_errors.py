@@ -102,9 +102,9 @@ def test_cli_prints_message_and_remedy(tmp_path: Path) -> None:
             timeout=60,
         )
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [
-        f"clave: another clave is already running on {tmp_path} (lock {tmp_path / 'clave.lock'} is held)",
-        f"clave: remedy: {DatadirBusy.remedy}",
+    assert done.stderr.splitlines() == [  # one line: what is wrong; what to do
+        f"clave: another clave is already running on {tmp_path} (lock {tmp_path / 'clave.lock'} is held); "
+        f"{DatadirBusy.remedy}",
     ]
 
 

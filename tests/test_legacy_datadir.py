@@ -17,7 +17,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_keyfile import decode_keyfile_json
 
-from tests.stack import Admin, ClaveProcess
+from tests.stack import Admin, ClaveProcess, RpcFailure
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +44,15 @@ def test_previous_release_datadir_opens_and_signs(tmp_path: Path) -> None:
     refused.start(until_waiting=True)
     try:
         assert "PCR0" in refused.waiting_line, refused.waiting_line
+        assert "`clave up --accept-new-enclave`" in refused.waiting_line, refused.waiting_line  # the remedy
+        # While the keys are sealed, the account list is an error, never an empty list.
+        with pytest.raises(RpcFailure) as sealed:
+            refused.rpc("account_list")
+        assert sealed.value.message.startswith("enclave not ready: "), sealed.value.message
+        listed = refused.cli("account", "list")
+        assert listed.returncode == 1 and listed.stdout == "", listed
+        assert listed.stderr.startswith("clave: enclave not ready: ") and listed.stderr.count("\n") == 1, listed.stderr
+        assert "Traceback" not in listed.stderr
     finally:
         refused.stop()
     assert (datadir / "keystore.sqlite").read_bytes() == before  # nothing written while refused

@@ -70,6 +70,36 @@ def test_request_log_lines(clave: ClaveProcess) -> None:
     assert "5eedf00d" not in clave.logs()  # payloads are never logged
 
 
+def _log_line(clave: ClaveProcess, *needles: str) -> str:
+    deadline = time.monotonic() + 5  # log lines are written by a background thread
+    while True:
+        lines = [line for line in clave.logs().splitlines() if "clave.request" in line and all(n in line for n in needles)]
+        if lines or time.monotonic() > deadline:
+            return lines[-1] if lines else ""
+        time.sleep(0.05)
+
+
+def test_request_log_says_why_and_what(clave: ClaveProcess, tmp_path: Path) -> None:
+    from tests.clients import import_key
+
+    stranger = "0x" + "e7" * 20
+    with pytest.raises(RpcFailure):
+        clave.rpc("eth_sign", stranger, "0x01")
+    line = _log_line(clave, "eth_sign", stranger, "outcome=refused")
+    assert line.endswith('error="unknown account"'), line  # the reason the caller got, in the log
+
+    with pytest.raises(RpcFailure):
+        clave.rpc("eth_fooBar\n" + "x" * 100)  # unknown, with a line break and too long
+    line = _log_line(clave, "eth_fooBar?xxx")
+    shown = line.split(" account=")[0].split()[-1]
+    assert shown == "eth_fooBar?" + "x" * 53 + "…" and "outcome=bad_request" in line, line  # 64 characters at most
+    assert "\n" not in line, line
+
+    address = import_key(clave, bytes.fromhex("7e" * 32), tmp_path)
+    line = _log_line(clave, "clave_importKeyfile", "outcome=ok")
+    assert f"account={address}" in line, line
+
+
 def test_json_log_lines(tmp_path: Path) -> None:
     proc = ClaveProcess(tmp_path / "json", extra=["--log.json"])
     proc.start()

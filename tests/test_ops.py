@@ -142,8 +142,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = base / "wheels"
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), str(src)],
-                          capture_output=True, text=True, timeout=900)
+    # setuptools and wheel too (pyproject's build requirements): the role builds a source directory offline.
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(wheels), str(src),
+                           "setuptools>=68", "wheel"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"wheelhouse built in {time.monotonic() - start:.1f}s")
     return wheels
@@ -244,16 +245,72 @@ def converged(ops_project: Path, wheelhouse: Path, tmp_path_factory: pytest.Temp
         clave.stop()
 
 
+# -- install sources ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["wheel", "directory", "requirement"])
+def test_install_converges_to_no_change_for_each_source(
+    source: str, ops_project: Path, wheelhouse: Path, tmp_path: Path
+) -> None:
+    """clave_pip_source as a wheel, a source directory and a requirement: the second converge changes
+    nothing; an edited source directory is installed again on the next."""
+    (wheel,) = wheelhouse.glob("clave-*.whl")
+    tree = tmp_path / "clave-src"
+    shutil.copytree(wheelhouse.parent / "src", tree)
+    pip_source = {"wheel": str(wheel), "directory": str(tree), "requirement": "clave==0.1.0"}[source]
+    root = tmp_path / "root"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "clave_become": False,
+            "clave_manage_services": False, "clave_manage_users": False, "clave_python": sys.executable,
+            "clave_mode": "local", "clave_root_prefix": str(root), "clave_pip_source": pip_source,
+            "clave_pip_extra_args": f"--no-index --find-links {wheelhouse}"}
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"clave": {"hosts": {"host1": host}}}}}))
+
+    def converge() -> dict[str, int]:
+        done = run_playbook(ops_project, tmp_path / "home", inventory, "--tags", "clave_preflight,clave_install")
+        assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+        return recap(done)["host1"]
+
+    assert converge()["changed"] > 0
+    assert converge()["changed"] == 0, f"{source}: the second converge changed something"
+    clave = root / "opt/clave/venv/bin/clave"
+    version = subprocess.run([str(clave), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout == "clave 0.1.0\n", version
+    if source == "directory":
+        installed = next((root / "opt/clave/venv/lib").glob("python3*/site-packages/clave/__init__.py"))
+        (tree / "src/clave/__init__.py").write_text((tree / "src/clave/__init__.py").read_text() + "# edited\n")
+        assert converge()["changed"] > 0, "an edited source directory is installed again"
+        assert installed.read_text().endswith("# edited\n")
+        assert converge()["changed"] == 0
+        assert not any(tree.glob("*.whl")), "the wheel is built in a temporary directory"
+
+
 # -- lint and syntax ----------------------------------------------------------------------------------------
 
 
+def _ops_floor(package: str) -> tuple[int, ...]:
+    """The lowest version setup.cfg's `ops` extra accepts (`package>=X.Y.Z`)."""
+    match = re.search(rf"^\s*{re.escape(package)}>=([0-9.]+)\s*$", (ROOT / "setup.cfg").read_text(), re.M)
+    assert match, f"setup.cfg's ops extra names no floor for {package}"
+    return tuple(int(p) for p in match[1].split("."))
+
+
 def test_ansible_lint_production_profile(ops_project: Path, tmp_path: Path) -> None:
+    """The playbook, the role and the example inventory, with the ansible-lint the ops extra installs (no
+    older one: an old ansible-lint passes what a new operator's fails)."""
+    from importlib.metadata import version
+
     lint = require_tool("ansible-lint", "pip install '.[ops]' (ansible-lint)")
+    for package in ("ansible-lint", "ansible-core"):
+        installed = tuple(int(p) for p in re.findall(r"\d+", version(package))[:3])
+        assert installed >= _ops_floor(package), f"{package} {version(package)} is older than setup.cfg's floor: make install-test"
     env = ansible_env(ops_project, tmp_path / "home")
-    done = subprocess.run([lint, "--profile", "production", "--offline", "site.yml", "roles/clave"],
+    done = subprocess.run([lint, "--profile", "production", "--offline", "site.yml", "roles/clave", "inventory/example.yml"],
                           cwd=ops_project / "ansible", env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "production" in done.stdout + done.stderr
+    print(f"ansible-lint {version('ansible-lint')}, ansible-core {version('ansible-core')}: production profile passed")
 
 
 def test_playbook_syntax(ops_project: Path, tmp_path: Path) -> None:
@@ -358,6 +415,28 @@ def test_rendered_units_pass_systemd_analyze_verify(converged: Converged) -> Non
         finally:
             control.unlink()
         assert "NoSuchSetting" in bad.stdout + bad.stderr
+
+
+@pytest.mark.slow
+def test_systemd_render_matches_the_role(converged: Converged) -> None:
+    """`clave systemd render` with a host's inventory variables writes the units the role wrote for it, byte for
+    byte (but a validator's drop-in: the role learns its public key as it converges)."""
+    from clave.cli.systemd_render import render
+
+    common = converged.inventory["all"]["vars"]
+    children = converged.inventory["all"]["children"]["clave"]["children"]
+    hosts = {**children["clave_rpc"]["hosts"], **children["clave_validators"]["hosts"]}
+    compared = 0
+    for host in HOSTS:
+        variables = {k: v for k, v in {**common, **hosts[host]}.items() if k.startswith("clave_")}
+        units = render(ROOT, variables)
+        for name, text in units.items():
+            if name.endswith(".conf") and host != "geth1":  # a validator's drop-in names its public key
+                continue
+            written = converged.roots[host] / "etc/systemd/system" / name
+            assert text == written.read_text(), f"{host}: {name} differs from the role's"
+            compared += 1
+    assert compared >= 11
 
 
 @pytest.mark.slow

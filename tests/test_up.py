@@ -14,7 +14,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from tests.accounts import new_account
-from tests.stack import ClaveProcess, RpcFailure, post_json
+from tests.stack import ClaveProcess, RpcFailure, free_port, post_json
 
 pytestmark = pytest.mark.slow  # every test here starts `clave up` (or other processes) itself
 
@@ -65,7 +65,7 @@ def test_account_new_and_list(clave: ClaveProcess) -> None:
     assert address in clave.rpc("account_list")
     assert address in clave.rpc("eth_accounts")
     listed = clave.cli("account", "list")
-    assert address[2:] in listed.stdout and "origin=generated" in listed.stdout
+    assert address[2:] in listed.stdout.lower() and "origin=generated" in listed.stdout
     created = new_account(clave)
     assert created in clave.rpc("account_list")
 
@@ -146,7 +146,7 @@ def test_management_methods_are_ipc_only(clave: ClaveProcess) -> None:
 
 def test_second_up_on_same_datadir_fails(clave: ClaveProcess) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "clave.cli", "up", "--datadir", str(clave.datadir), "--http.port", "0"],
+        [sys.executable, "-m", "clave.cli", "up", "--datadir", str(clave.datadir), "--http.port", str(free_port())],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0

@@ -144,7 +144,7 @@ def test_validator_new_writes_opera_keyfile(clave: ClaveProcess, tmp_path: Path)
     # Not an account: clef's account_list and the operator's list do not show it.
     address = "0x" + _keccak256(uncompressed_public_key(secret)[1:])[12:].hex()
     assert address not in clave.rpc("account_list")
-    assert address[2:] not in clave.cli("account", "list").stdout
+    assert address[2:] not in clave.cli("account", "list").stdout.lower()
 
     # Restore from the sealed backup into another keystore, with another password.
     (tmp_path / "pw2").write_text("another password 42\n")

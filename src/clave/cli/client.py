@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli.validate import pcr_pin
 from clave.sidecar.config import DEFAULT_DATADIR, parse_pcr
 
 
@@ -21,7 +22,8 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     """Options of commands that talk to a running clave and send it secrets (after attesting it)."""
     add_common_options(parser)
     parser.add_argument("--attestation-root", default=None, help="PEM of the attestation root to trust")
-    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="require this PCR value")
+    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", type=pcr_pin,
+                        help="require the enclave to attest this PCR value before the command runs (repeatable)")
 
 
 def ipc_path(args: argparse.Namespace) -> Path:
@@ -30,14 +32,11 @@ def ipc_path(args: argparse.Namespace) -> Path:
     return Path(os.path.expanduser(args.datadir)).absolute() / "clave.ipc"
 
 
-def read_password(path: str) -> str:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise SystemExit(f"clave: {path}: cannot read password file: {exc.strerror}") from None
-    lines = text.splitlines()
-    # geth reads the first line of --password files and trims the line ending only.
-    return lines[0] if lines else ""
+def read_password(path: str | None, **kwargs: Any) -> str:
+    """`--password-file FILE`, `-` for stdin, or a prompt on a terminal (see `clave.cli.passwords`)."""
+    from clave.cli.passwords import read_password as read
+
+    return read(path, **kwargs)
 
 
 def attested_public_key(client: Any, args: argparse.Namespace) -> bytes:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clave.cli import validate
 from clave.cli.audit import add_audit_commands
 from clave.cli.backup import add_backup_commands
 from clave.cli.client import (
@@ -39,17 +40,21 @@ from clave.sidecar.secretfiles import write_new_private
 
 def _add_server(parser: argparse.ArgumentParser) -> None:
     add_common_options(parser)
-    parser.add_argument("--http.addr", dest="http_addr", default=DEFAULT_HTTP_ADDR)
-    parser.add_argument("--http.port", dest="http_port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--http.addr", dest="http_addr", default=DEFAULT_HTTP_ADDR,
+                        help=f"address the HTTP server listens on (default {DEFAULT_HTTP_ADDR}; beyond the loopback, "
+                        "use --http.auth-token-file)")
+    parser.add_argument("--http.port", dest="http_port", type=validate.port, default=DEFAULT_HTTP_PORT,
+                        help=f"HTTP port, 1-65535 (default {DEFAULT_HTTP_PORT})")
     parser.add_argument("--nohttp", action="store_true", help="serve IPC only")
-    parser.add_argument("--chainid", default="1", help="chain id(s) to sign for, comma separated (default 1)")
+    parser.add_argument("--chainid", default="1", type=validate.chain_ids, help="chain id(s) to sign for, comma separated (default 1)")
     parser.add_argument("--http.vhosts", dest="http_vhosts", default="localhost", help="comma-separated Host names accepted")
     parser.add_argument("--http.corsdomain", dest="http_corsdomain", default="", help="comma-separated CORS origins")
-    parser.add_argument("--http.auth-token-file", dest="http_auth_token_file", default=None,
+    parser.add_argument("--http.auth-token-file", dest="http_auth_token_file", default=None, type=validate.token_file,
                         help="require 'Authorization: Bearer <token>' with the token in this file")
-    parser.add_argument("--rpc.txfeecap", dest="txfeecap", type=float, default=1.0,
+    parser.add_argument("--rpc.txfeecap", dest="txfeecap", type=validate.non_negative_float, default=1.0,
                         help="eth_signTransaction fee cap in ether (0 = no cap)")
-    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", help="pin an enclave PCR value")
+    parser.add_argument("--pcr", action="append", default=[], metavar="N=HEX", type=validate.pcr_pin,
+                        help="pin an enclave PCR value: the enclave must attest it (repeatable)")
     parser.add_argument("--log.json", dest="log_json", action="store_true", help="log JSON lines")
     parser.add_argument("--http.workers", dest="http_workers", type=_workers, default=1,
                         help="processes serving HTTP on the same port (default 1; one per core for throughput)")
@@ -332,7 +337,7 @@ def cmd_attest_verify(args: argparse.Namespace) -> int:
     try:
         document = Path(args.file).read_bytes()
     except OSError as exc:
-        raise SystemExit(f"clave: {args.file}: {exc.strerror}") from None
+        raise SystemExit(f"clave: {args.file}: {exc.strerror}; pass a document saved by `clave attest --out FILE`") from None
     at_ms = args.at if args.at is not None else int(time.time() * 1000)
     try:
         verified = _verify_document(document, args, nonce=None, at_ms=at_ms)
@@ -359,7 +364,7 @@ def cmd_kms_policy(args: argparse.Namespace) -> int:
     try:
         policy = key_policy(args.role_arn, pcrs, args.image_sha384, admin_arn=args.admin_arn)
     except ValueError as exc:
-        raise SystemExit(f"clave: {exc}") from None
+        raise SystemExit(f"clave: kms-policy: {exc}; see `clave kms-policy --help`") from None
     print(json.dumps(policy, indent=2))
     return 0
 
@@ -393,11 +398,13 @@ def cmd_account_new(args: argparse.Namespace) -> int:
     """Accounts are made NEW_ACCOUNTS_PER_CALL at a time and printed as each call returns, so what is
     printed is what is stored, also when the command is interrupted."""
     if args.count < 1:
-        raise SystemExit("clave: --count must be at least 1")
+        raise SystemExit("clave: --count must be at least 1; pass --count N with N >= 1")
     done = 0
     interrupted = _Interrupted()
     try:
         with connect(args) as client:
+            if args.pcr:  # --pcr: create keys only in an enclave that attests these values
+                attested_public_key(client, args)
             while done < args.count and interrupted.signal is None:
                 chunk = min(NEW_ACCOUNTS_PER_CALL, args.count - done)
                 addresses = client.call("clave_newAccount", {"count": chunk, "exportable": args.exportable})
@@ -421,11 +428,16 @@ def cmd_account_new(args: argparse.Namespace) -> int:
 
 
 def cmd_account_list(args: argparse.Namespace) -> int:
+    from clave.core.gojson import checksum
+
     with connect(args) as client:
+        if args.pcr:  # --pcr: list only what an enclave attesting these values holds
+            attested_public_key(client, args)
         accounts = client.call("clave_listAccounts")
     for i, account in enumerate(accounts):
         export = "exportable" if account["exportable"] else "not exportable"
-        print(f"Account #{i}: {{{account['address'][2:]}}} origin={account['origin']} {export}")
+        # As geth prints them: EIP-55 mixed case, without 0x.
+        print(f"Account #{i}: {{{checksum(bytes.fromhex(account['address'][2:]))[2:]}}} origin={account['origin']} {export}")
     return 0
 
 
@@ -434,10 +446,10 @@ def cmd_account_import(args: argparse.Namespace) -> int:
     from clave.core.envelope import seal_to
     from clave.sidecar.transports.ipc_client import RpcCallError
 
-    password = read_password(args.password_file)
     source = Path(args.path)
     if not source.exists():
-        raise SystemExit(f"clave: {source}: no such file or directory")
+        raise SystemExit(f"clave: {source}: no such file or directory; pass a V3 keyfile or a keystore directory")
+    password = read_password(args.password_file, prompt="Password of the keyfile(s): ")
     with connect(args) as client:
         public_key = attested_public_key(client, args)
     candidates = [c for c in scan(source) if not c.skipped]
@@ -521,6 +533,15 @@ def cmd_admin_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out_dir(out: Path) -> None:
+    """--out's directory must exist and be writable before the enclave exports anything."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise SystemExit(f"clave: --out {out}: directory {parent} does not exist; create it or choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"clave: --out {out}: directory {parent} is not writable; choose another --out")
+
+
 def cmd_account_export(args: argparse.Namespace) -> int:
     from eth_account.messages import encode_defunct
 
@@ -528,12 +549,16 @@ def cmd_account_export(args: argparse.Namespace) -> int:
     from clave.core.provenance import export_message
     from clave.sidecar.transports.ipc_client import RpcCallError
 
-    password = read_password(args.password_file)
-    if not password:
-        raise SystemExit(f"clave: {args.password_file}: the export password is empty")
     out = Path(args.out)
     if out.exists():
-        raise SystemExit(f"clave: {out}: already exists; refusing to overwrite")  # before asking the enclave
+        raise SystemExit(f"clave: {out}: already exists; refusing to overwrite: choose another --out")  # before asking the enclave
+    _check_out_dir(out)
+    if args.password_file == "-" and args.admin_password_file == "-":
+        raise SystemExit("clave: --password-file - and --admin-password-file - both read stdin; give one of them a file")
+    password = read_password(args.password_file, prompt="Password for the exported keyfile: ", confirm=True)
+    if not password:
+        raise SystemExit(f"clave: {args.password_file or 'the prompt'}: the export password is empty; the exported "
+                         "keyfile needs one")
     admin = _admin_account(args.admin_keyfile, args.admin_password_file)
     with connect(args) as client:
         public_key = attested_public_key(client, args)
@@ -552,8 +577,12 @@ def cmd_account_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clave", description="Ethereum signer whose keys live in an AWS Nitro Enclave")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from clave import __version__
+    from clave.cli.errors import OneLineParser
+
+    parser = OneLineParser(prog="clave", description="Ethereum signer whose keys live in an AWS Nitro Enclave")
+    parser.add_argument("--version", action="version", version=f"clave {__version__}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the local enclave, KMS emulator and sidecar")
     _add_server(up)
@@ -571,29 +600,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     new = account_parser("new", "generate a key inside the enclave")
     new.add_argument("--exportable", action="store_true", help="allow exporting this key later")
-    new.add_argument("--count", type=int, default=1)
+    new.add_argument("--count", type=validate.positive_int, default=1, help="how many keys to make (default 1)")
     new.set_defaults(func=cmd_account_new)
     lst = account_parser("list", "list accounts")
     lst.set_defaults(func=cmd_account_list)
     imp = account_parser("import", "import a V3 keyfile or a keystore directory")
-    imp.add_argument("path")
-    imp.add_argument("--password-file", required=True)
-    imp.add_argument("--exportable", action="store_true")
-    imp.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+    imp.add_argument("path", help="a V3 keyfile, or a directory of them (geth, clef, foundry keystores)")
+    imp.add_argument("--password-file", default=None, metavar="FILE",
+                     help="the keyfiles' password (first line of FILE; '-' reads stdin; default: asked on a terminal)")
+    imp.add_argument("--exportable", action="store_true", help="allow exporting the imported keys later")
+    imp.add_argument("--jobs", type=validate.positive_int, default=os.cpu_count() or 1,
                      help="keyfiles decrypted at once in the enclave (default: the number of cores)")
     imp.set_defaults(func=cmd_account_import)
     exp = account_parser("export", "export an exportable account as a V3 keyfile")
-    exp.add_argument("address")
-    exp.add_argument("--password-file", required=True)
-    exp.add_argument("--out", required=True)
+    exp.add_argument("address", help="the 0x address of an exportable account")
+    exp.add_argument("--password-file", default=None, metavar="FILE",
+                     help="the password the NEW keyfile is encrypted with (first line of FILE; '-' reads stdin; "
+                     "default: asked twice on a terminal)")
+    exp.add_argument("--out", required=True, metavar="FILE", help="where to write the keyfile (must not exist; mode 0600)")
     exp.add_argument("--admin-keyfile", required=True, help="V3 keyfile of an admin key (its signature authorizes the export)")
-    exp.add_argument("--admin-password-file", required=True, help="password of the admin keyfile")
+    exp.add_argument("--admin-password-file", required=True, metavar="FILE",
+                     help="password of the admin keyfile (first line of FILE; '-' reads stdin)")
     exp.set_defaults(func=cmd_account_export)
     admin = sub.add_parser("admin", help="the datadir's admin set (who authorizes keyfile exports)")
     adm = admin.add_subparsers(dest="admin_command", required=True)
     init = adm.add_parser("init", help="once, on a datadir without one: set the admin set (trust on first use)")
     add_common_options(init)
-    init.add_argument("--admin", required=True, metavar="0xADDR[,0xADDR]")
+    init.add_argument("--admin", required=True, metavar="0xADDR[,0xADDR]",
+                      help="the admin addresses, comma separated (their signatures authorize keyfile exports)")
     init.add_argument("--admin-threshold", dest="admin_threshold", type=int, default=1, metavar="K",
                       help="admin signatures a custody-policy change or an unfreeze needs (default 1)")
     init.set_defaults(func=cmd_admin_init)
@@ -602,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server(serve)
     serve.add_argument("--enclave", required=True, help="enclave address: vsock://CID:PORT or unix:PATH")
     serve.add_argument("--kms-key-id", default=None, help="KMS key id or ARN holding the master data key")
-    serve.add_argument("--kms-region", default=os.environ.get("AWS_REGION", "us-east-1"))
+    serve.add_argument("--kms-region", default=os.environ.get("AWS_REGION", "us-east-1"),
+                       help="AWS region of the KMS key (default $AWS_REGION, else us-east-1)")
     serve.add_argument("--kms-endpoint", default=None,
                        help="https://HOST:PORT of the local KMS emulator (local mode only; unset: AWS KMS of --kms-region)")
     serve.add_argument("--kms-ca", default=None, help="the KMS emulator's dev CA (its DATADIR/ca.pem), with --kms-endpoint")
@@ -616,16 +651,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     enc = sub.add_parser("enclave", help="run the enclave service (inside the EIF, or locally)")
-    enc.add_argument("--listen", required=True)
-    enc.add_argument("--nsm", choices=("device", "software"), default="device")
-    enc.add_argument("--nsm-state", default=None)
+    enc.add_argument("--listen", required=True, metavar="ADDR",
+                     help="where the sidecar connects: vsock://CID:PORT (in the EIF) or unix:PATH (locally)")
+    enc.add_argument("--nsm", choices=("device", "software"), default="device",
+                     help="device: /dev/nsm of a Nitro Enclave (default); software: the local emulated NSM")
+    enc.add_argument("--nsm-state", default=None, metavar="DIR",
+                     help="--nsm software only: the software NSM's state directory (its root.pem and keys)")
     enc.add_argument("--kms-ca", default=None, help="--nsm software only: the KMS emulator's dev CA, the only CA it trusts")
     enc.set_defaults(func=cmd_enclave)
 
     kmse = sub.add_parser("kms-emulator", help="run the local KMS emulator")
-    kmse.add_argument("--datadir", required=True)
-    kmse.add_argument("--host", default="127.0.0.1")
-    kmse.add_argument("--port", type=int, default=0)
+    kmse.add_argument("--datadir", required=True, help="the emulator's state directory (keys, CA, credentials)")
+    kmse.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    kmse.add_argument("--port", type=validate.port_or_zero, default=0, help="port to listen on (default 0: any free port)")
     kmse.add_argument("--root", default=None, help="attestation root PEM (the software NSM's root.pem)")
     kmse.add_argument("--make-tls", action="store_true",
                       help="only make the emulator's dev CA and certificate in --datadir (once) and exit")
@@ -633,37 +671,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     att = sub.add_parser("attest", help="fetch and verify the enclave's attestation document")
     add_common_options(att)
-    att.add_argument("--nonce", default=None, help="hex nonce (default: 32 random bytes)")
+    att.add_argument("--nonce", default=None, type=validate.hex_bytes, help="hex nonce (default: 32 random bytes)")
     att.add_argument("--root", default=None, help="root PEM (default: the local software NSM root)")
     att.add_argument("--aws-root", action="store_true", help="require the root to be AWS Nitro Root-G1")
-    att.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
-    att.add_argument("--allow-debug", action="store_true")
+    att.add_argument("--pcr", action="append", default=[], metavar="N=HEX", type=validate.pcr_pin,
+                     help="require this PCR value in the document (repeatable)")
+    att.add_argument("--allow-debug", action="store_true", help="accept a debug-mode enclave (PCRs all zero)")
     att.add_argument("--out", default=None, help="also save the document here")
     att.add_argument("--kms-key", default=None, metavar="ARN", help="the KMS key ARN (account included) the enclave's master key must come from; checked against the attestation")
     att.set_defaults(func=cmd_attest, attest_command=None)
     att_sub = att.add_subparsers(dest="attest_command")
     ver = att_sub.add_parser("verify", help="verify a saved attestation document")
-    ver.add_argument("file")
+    ver.add_argument("file", help="the document saved by `clave attest --out`")
     ver.add_argument("--at", type=int, default=None, help="verify at this time (unix ms)")
-    ver.add_argument("--root", default=None)
-    ver.add_argument("--aws-root", action="store_true")
-    ver.add_argument("--pcr", action="append", default=[], metavar="N=HEX")
-    ver.add_argument("--allow-debug", action="store_true")
-    ver.add_argument("--datadir", default=str(DEFAULT_DATADIR))
+    ver.add_argument("--root", default=None, help="root PEM (default: the local software NSM root in --datadir)")
+    ver.add_argument("--aws-root", action="store_true", help="require the root to be AWS Nitro Root-G1")
+    ver.add_argument("--pcr", action="append", default=[], metavar="N=HEX", type=validate.pcr_pin,
+                     help="require this PCR value in the document (repeatable)")
+    ver.add_argument("--allow-debug", action="store_true", help="accept a debug-mode enclave (PCRs all zero)")
+    ver.add_argument("--datadir", default=str(DEFAULT_DATADIR),
+                     help="data directory whose store pins the KMS key (default ~/.clave)")
     ver.add_argument("--kms-key", default=None, metavar="ARN", help="the KMS key ARN (account included) the enclave's master key must come from; checked against the attestation")
     ver.set_defaults(func=cmd_attest)
 
     pol = sub.add_parser("kms-policy", help="print the KMS key policy that admits only this enclave image")
     pol.add_argument("--role-arn", required=True, help="IAM role of the parent instance")
     pol.add_argument("--admin-arn", default=None, help="principal that administers the key (default: account root)")
-    pol.add_argument("--image-sha384", default=None)
+    pol.add_argument("--image-sha384", default=None, metavar="HEX",
+                     help="the EIF's image SHA-384 (kms:RecipientAttestation:ImageSha384), instead of PCRs")
     for index in (0, 1, 2, 3, 4, 8):
         pol.add_argument(f"--pcr{index}", default=None, help=f"PCR{index} as 96 hex characters")
     pol.set_defaults(func=cmd_kms_policy)
     add_validator_commands(sub)
-    add_backup_commands(sub)  # custodian, backup, recovery (cli/backup.py)
+    add_backup_commands(sub)  # custodian, backup, recovery, store (cli/backup.py)
     add_policy_commands(sub)
     add_audit_commands(sub)
+    from clave.cli.systemd_render import add_systemd_commands
+
+    add_systemd_commands(sub)
+    from clave.cli.helptext import add_examples
+
+    add_examples(parser)
     return parser
 
 
@@ -671,18 +719,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except KeyboardInterrupt:
         code = 130
-    except Exception as exc:  # the library raises typed errors; show the message, not a traceback
-        from clave.core.errors import ClaveError, InfraError
+    except Exception as exc:  # one line naming what was wrong and what to do; never a traceback
+        from clave.cli.errors import fail
 
-        if isinstance(exc, ClaveError):
-            print(f"clave: {exc.message}", file=sys.stderr)
-            if isinstance(exc, InfraError) and exc.remedy:
-                print(f"clave: remedy: {exc.remedy}", file=sys.stderr)
-            code = 1
-        else:
-            raise
+        fail(exc)
     sys.exit(code)
 
 

@@ -184,5 +184,5 @@ def add_validator_commands(subparsers: Any) -> None:
     restore.set_defaults(func=cmd_validator_restore)
     fifo = sub.add_parser("password-fifo", help="serve the password through a FIFO for --validator.password")
     fifo.add_argument("--fifo", required=True, help="FIFO path to create (mode 0600)")
-    fifo.add_argument("--password-file", required=True)
+    fifo.add_argument("--password-file", required=True, help="the validator password (first line of the file)")
     fifo.set_defaults(func=cmd_validator_password_fifo)

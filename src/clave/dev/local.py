@@ -218,6 +218,10 @@ async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> 
             provision_locally=config.kms_key_id is None,
             stop=stop,
             repin_locally=accept_new_enclave,
+            refused_hint="" if accept_new_enclave else (
+                "after a change to the enclave code, restart with `clave up --accept-new-enclave` to add its PCR0 "
+                "to the local key policy"
+            ),
         )
     finally:
         await kms.stop()

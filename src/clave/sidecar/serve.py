@@ -116,6 +116,7 @@ async def run_sidecar(
     stop: asyncio.Event,
     repin_locally: bool = False,
     on_built: Callable[[Sidecar], None] | None = None,
+    refused_hint: str = "",
 ) -> int:
     kms_client = make_kms_client(config.kms_region, kms_endpoint, kms_credentials, config.kms_ca)
     provision = local_key_provisioner(kms_client) if provision_locally else None
@@ -138,7 +139,10 @@ async def run_sidecar(
             pass
         if not sidecar.signer.ready:
             # Keep serving (health says why) and keep retrying; the ready line follows once keys are unsealed.
-            print(f"clave waiting: {sidecar.signer.status.last_error or 'enclave not ready'}", flush=True)
+            waiting = sidecar.signer.status.last_error or "enclave not ready"
+            if refused_hint and ("policy expects" in waiting or "AccessDenied" in waiting):
+                waiting += f"; {refused_hint}"  # the remedy for a refusal `clave up` can fix itself
+            print(f"clave waiting: {waiting}", flush=True)
         announcer = asyncio.create_task(_announce_when_ready(config, sidecar, pool))
         await stop.wait()
         announcer.cancel()

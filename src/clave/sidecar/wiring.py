@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from clave.core.errors import ClaveError, ConfigError
 from clave.link.sockets import parse_address
 from clave.sidecar.audit import AuditWriter
 from clave.sidecar.config import SidecarConfig
-from clave.sidecar.observe.logs import account_of
+from clave.sidecar.observe.logs import account_of, log_text, method_for_log, result_account
 from clave.sidecar.observe.metrics import Metrics
 from clave.sidecar.observe.tasks import start_supervised
 from clave.sidecar.proxy.methods import proxy_methods
@@ -114,6 +115,10 @@ class Sidecar:
         self.http_port = port
         host = self.config.http_addr if ":" not in self.config.http_addr else f"[{self.config.http_addr}]"
         self.http_url = f"http://{host}:{port}"
+        if self.config.auth_token_file is None and not is_loopback(self.config.http_addr):
+            log.warning("HTTP listens on %s without a token: anything that reaches the port can ask for signatures "
+                        "and read /metrics; pass --http.auth-token-file FILE, or --http.addr 127.0.0.1",
+                        self.http_url)
 
     async def stop(self) -> None:
         if self._audit_task is not None:
@@ -146,6 +151,18 @@ def _custody_health(custody: dict[str, Any], error: str) -> dict[str, object] | 
         "policy_hash": "0x" + bytes(policy_hash).hex() if policy_hash else None,
         "record_refused": error or None,
     }
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether a --http.addr listens on the loopback only ("localhost" included; a name is not resolved)."""
+    import ipaddress
+
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def build_sidecar(
@@ -192,7 +209,7 @@ def build_sidecar(
 
     series: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() costs more than the update itself
 
-    def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any]) -> None:
+    def observe(method: str, outcome: str, seconds: float, ctx: CallContext, params: list[Any], error: str = "") -> None:
         # Methods forwarded to the --downstream node share one label, as unknown ones do without it.
         known = method if method in methods else ("forwarded" if config.downstream else "unknown")
         children = series.get((known, outcome))
@@ -203,17 +220,24 @@ def build_sidecar(
             )
         children[0].inc()
         children[1].observe(seconds)
+        made = result_account.get()
+        if made:
+            result_account.set("")
         if request_log.isEnabledFor(logging.INFO):
-            account = account_of(method, params)
+            account = made or account_of(method, params)
+            # The name as sent, bounded and sanitized, also for unknown methods (the metric label stays "unknown").
+            name = known if known == method else method_for_log(method)
+            reason = log_text(error) if error else ""
             fields = (
-                {"method": known, "account": account, "outcome": outcome,
-                 "latency_ms": round(seconds * 1000, 3), "transport": ctx.transport}
+                {"method": name, "account": account, "outcome": outcome,
+                 "latency_ms": round(seconds * 1000, 3), "transport": ctx.transport,
+                 **({"error": reason} if reason else {})}
                 if config.log_json
                 else None
             )
             request_log.info(
-                "%s account=%s outcome=%s latency_ms=%.2f transport=%s",
-                known, account, outcome, seconds * 1000, ctx.transport,
+                "%s account=%s outcome=%s latency_ms=%.2f transport=%s%s",
+                name, account, outcome, seconds * 1000, ctx.transport, f" error={json.dumps(reason)}" if reason else "",
                 extra={"fields": fields} if fields else None,
             )
 

@@ -4,6 +4,7 @@ never params, keys, passwords or keyfiles."""
 from __future__ import annotations
 
 import atexit
+import contextvars
 import json
 import logging
 import logging.handlers
@@ -15,6 +16,28 @@ import time
 from typing import Any
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_METHOD_CHARS = re.compile(r"[^A-Za-z0-9_.:-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_METHOD = 64
+MAX_ERROR = 300
+
+# The account a call made (imports): a handler sets it, the request log reads and clears it. A context
+# variable: each call runs in its dispatcher task's context, so concurrent calls do not see each other's.
+result_account: contextvars.ContextVar[str] = contextvars.ContextVar("result_account", default="")
+
+
+def method_for_log(method: str) -> str:
+    """A method name as the caller sent it, safe for a log line: at most MAX_METHOD characters, anything
+    outside [A-Za-z0-9_.:-] replaced by '?'."""
+    shown = _METHOD_CHARS.sub("?", method[:MAX_METHOD])
+    return (shown + "…") if len(method) > MAX_METHOD else (shown or "?")
+
+
+def log_text(text: str) -> str:
+    """An error message for a log line: one line, bounded. Messages are what the caller is told, which
+    never carries a secret."""
+    text = _CONTROL.sub(" ", text)
+    return text if len(text) <= MAX_ERROR else text[:MAX_ERROR] + "…"
 
 
 class JsonFormatter(logging.Formatter):

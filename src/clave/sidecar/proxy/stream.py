@@ -86,4 +86,5 @@ class Streamer:
     def _observe(self, method: str, outcome: str, started: float, ctx: CallContext) -> None:
         if self.observer is not None:
             params: list[Any] = []
-            self.observer(method, outcome, time.perf_counter() - started, ctx, params)
+            self.observer(method, outcome, time.perf_counter() - started, ctx, params,
+                          "the downstream node's reply was cut off" if outcome == "infra_error" else "")

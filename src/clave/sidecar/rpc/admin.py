@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from clave.core.errors import InvalidParams
+from clave.sidecar.observe.logs import result_account
 from clave.sidecar.rpc import args
 from clave.sidecar.rpc.args import hex_result, ipc_only
 from clave.sidecar.rpc.dispatch import CallContext, Method
@@ -49,7 +50,9 @@ def admin_methods(signer: Signer) -> dict[str, Method]:
         ipc_only(ctx, "clave_importKeyfile")
         envelope = args.data(params, 0)
         exportable = bool(params[1]) if len(params) > 1 else False
-        return hex_result(await signer.import_keyfile(envelope, exportable))
+        address = hex_result(await signer.import_keyfile(envelope, exportable))
+        result_account.set(address)  # the request log's account= (the keyfile is sealed; only its result says)
+        return address
 
     async def clave_export_challenge(params: list[Any], ctx: CallContext) -> str:
         ipc_only(ctx, "clave_exportChallenge")

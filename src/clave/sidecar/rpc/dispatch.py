@@ -51,7 +51,8 @@ class Method:
     total: int = 0  # all arguments, optional trailing ones included
 
 
-Observer = Callable[[str, str, float, CallContext, list[Any]], None]
+# method, outcome, seconds, context, params, and the error's message ("" when the call succeeded)
+Observer = Callable[[str, str, float, CallContext, list[Any], str], None]
 # Called for a method not in the table, with its name and raw params (proxy mode forwards it to a node).
 Fallback = Callable[[str, Any, CallContext], Awaitable[Any]]
 
@@ -109,6 +110,7 @@ class Dispatcher:
         start = time.perf_counter()
         outcome = "ok"
         infra = False
+        error = ""
         try:
             result = await self._call(name, message.get("params"), ctx)
             reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": result}
@@ -116,16 +118,20 @@ class Dispatcher:
             outcome, infra = "infra_error", True
             log.warning("%s failed: %s%s", name, exc.message, f" ({exc.remedy})" if exc.remedy else "")
             reply = _error(request_id, exc.code, exc.message)
+            error = exc.message
         except ClaveError as exc:
             outcome = "refused" if exc.code == SERVER_ERROR else "bad_request"
+            error = exc.message  # what the caller is told: no secrets (RequestError's messages are returned verbatim)
             reply = _error(request_id, exc.code, exc.message, getattr(exc, "data", None))
         except Exception:
             outcome, infra = "crashed", True
             log.exception("method handler %s crashed", name)
             reply = _error(request_id, INTERNAL_ERROR, "method handler crashed")
+            error = "method handler crashed"
         if self.observer is not None:
             params = message.get("params")
-            self.observer(name, outcome, time.perf_counter() - start, ctx, params if isinstance(params, list) else [])
+            self.observer(name, outcome, time.perf_counter() - start, ctx, params if isinstance(params, list) else [],
+                          error)
         return (None if notification else reply), infra
 
     async def _call(self, name: str, params: Any, ctx: CallContext) -> Any:

@@ -622,12 +622,20 @@ class Signer:
             gc.freeze()
 
     async def accounts(self) -> list[Account]:
+        self._listable()
         await self.catch_up()
         return list(self._accounts.values())
 
     async def addresses(self) -> list[bytes]:
+        self._listable()
         await self.catch_up()
         return list(self._accounts)
+
+    def _listable(self) -> None:
+        """While the keys are sealed the list would be empty: say "not ready" (503, retry) instead, or an
+        operator reads an empty list as keys gone."""
+        if not self.ready:
+            raise EnclaveNotReady(self.status.last_error or "keys are being unsealed")
 
     async def require(self, address: bytes) -> None:
         if address not in self._accounts:
