@@ -286,6 +286,59 @@ def test_install_converges_to_no_change_for_each_source(
         assert not any(tree.glob("*.whl")), "the wheel is built in a temporary directory"
 
 
+@pytest.mark.slow
+def test_the_role_applies_a_signed_policy_once(ops_project: Path, wheelhouse: Path, tmp_path: Path) -> None:
+    """clave_policy_file + clave_policy_signatures: the role applies a policy an admin signed offline to a
+    running clave with an admin set; the second converge changes nothing; unsigned, it fails."""
+    from eth_account import Account
+    from eth_keyfile import create_keyfile_json
+
+    admin = Account.from_key(bytes.fromhex("ad" * 32))
+    keyfile = tmp_path / "admin.json"
+    keyfile.write_text(json.dumps(create_keyfile_json(admin.key, b"ops admin pw", kdf="scrypt", iterations=1 << 12)))
+    password = tmp_path / "admin.pw"
+    password.write_text("ops admin pw\n")
+    clave = ClaveProcess(tmp_path / "clave", extra=["--admin", admin.address])
+    clave.start()
+    try:
+        policy = tmp_path / "policy.json"
+        policy.write_text(json.dumps({"version": 1, "rules": [
+            {"name": "payments", "accounts": ["*"], "to": ["0x703c4b2bD70c169f5717101CaeE543299Fc946C7"], "value_max": "1 ether"}]}))
+        signed = clave.cli("policy", "sign", str(policy), "--keyfile", str(keyfile), "--password-file", str(password),
+                           "--ipcpath", str(clave.ipc))
+        assert signed.returncode == 0, signed.stderr
+        (wheel,) = wheelhouse.glob("clave-*.whl")
+        host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "clave_become": False,
+                "clave_manage_services": False, "clave_manage_users": False, "clave_python": sys.executable,
+                "clave_mode": "local", "clave_root_prefix": str(tmp_path / "root"), "clave_pip_source": str(wheel),
+                "clave_pip_extra_args": f"--no-index --find-links {wheelhouse}", "clave_ipc_path": str(clave.ipc),
+                "clave_cli_datadir": str(clave.datadir), "clave_policy_file": str(policy),
+                "clave_policy_signatures": [signed.stdout.strip()]}
+        inventory = tmp_path / "inventory.yml"
+
+        def converge(**changes: Any) -> tuple[int, dict[str, int], str]:
+            inventory.write_text(json.dumps({"all": {"children": {"clave": {"hosts": {"host1": {**host, **changes}}}}}}))
+            done = run_playbook(ops_project, tmp_path / "home", inventory, "--tags",
+                                "clave_preflight,clave_install,clave_policy")
+            return done.returncode, recap(done).get("host1", {}), done.stdout[-4000:] + done.stderr[-2000:]
+
+        code, counts, out = converge()
+        assert code == 0 and counts["changed"] > 0, out
+        shown = json.loads(clave.cli("policy", "show", "--ipcpath", str(clave.ipc)).stdout)
+        checked = json.loads(clave.cli("policy", "check", str(policy)).stdout)
+        assert shown["policy_hash"] == checked["policy_hash"] and shown["sequence"] == 1, shown
+        code, counts, out = converge()
+        assert code == 0 and counts["changed"] == 0, out
+        # Another document with no admin signature: the enclave refuses it and the converge fails.
+        other = tmp_path / "other.json"
+        other.write_text(policy.read_text().replace("1 ether", "2 ether"))
+        code, counts, out = converge(clave_policy_file=str(other), clave_policy_signatures=[])
+        assert code != 0 and counts.get("failed") == 1, out
+        assert json.loads(clave.cli("policy", "show", "--ipcpath", str(clave.ipc)).stdout)["policy_hash"] == checked["policy_hash"]
+    finally:
+        clave.stop()
+
+
 # -- lint and syntax ----------------------------------------------------------------------------------------
 
 
