@@ -114,7 +114,7 @@ def test_drill_50_accounts_2_of_3_recover_from_custodians_1_and_3(tmp_path: Path
         outputs.append(report)
         assert described(accounts_of(new)) == described(original)  # address, origin, exportability
         recovered = new.rpc("eth_accounts")
-        assert sorted(a.lower() for a in recovered) == sorted("0x" + line.split("{")[1].split("}")[0] for line in original)
+        assert sorted(a.lower() for a in recovered) == sorted("0x" + line.split("{")[1].split("}")[0].lower() for line in original)
         for address in recovered:  # every address signs again; anvil is the judge
             anvil.fund(address)
             nonce = anvil.rpc("eth_getTransactionCount", address, "pending")

@@ -96,7 +96,7 @@ def test_request_log_says_why_and_what(clave: ClaveProcess, tmp_path: Path) -> N
     assert "\n" not in line, line
 
     address = import_key(clave, bytes.fromhex("7e" * 32), tmp_path)
-    line = _log_line(clave, "clave_importKeyfile", "outcome=ok")
+    line = _log_line(clave, "clave_importKeyfile", "outcome=ok", f"account={address}")  # not an earlier import's line
     assert f"account={address}" in line, line
 
 

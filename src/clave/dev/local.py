@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -163,7 +164,20 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def check_port_free(host: str, port: int) -> None:
+    """OSError (EADDRINUSE) if another process listens on the HTTP port: said before anything is started,
+    not after the enclave and the emulator are up and the keys unsealed."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT is no conflict
+        probe.bind((host.strip("[]"), port))
+
+
 async def run_up(config: SidecarConfig, *, accept_new_enclave: bool = False) -> int:
+    if config.http_enabled:
+        check_port_free(config.http_addr, config.http_port)
     datadir = config.datadir
     logs = datadir / "logs"
     nsm_state = datadir / "nsm"

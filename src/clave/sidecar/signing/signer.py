@@ -591,6 +591,13 @@ class Signer:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        # A cancellation can be lost on its way through a task (a watch cancelled in the middle of a bring-up
+        # that completes at the same moment went on looping, and `clave up` on a taken port never exited):
+        # cancel again until every task has ended.
+        while pending := [task for task in self._tasks if not task.done()]:
+            await asyncio.wait(pending, timeout=0.5)
+            for task in pending:
+                task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- accounts --------------------------------------------------------------------------------
