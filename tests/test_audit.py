@@ -60,6 +60,7 @@ def _entries(lines: list[bytes]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_decisions_and_changes_are_chained_checkpointed_and_survive_a_restart(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
         (account,) = await stack.rpc("clave_newAccount", {})
@@ -102,6 +103,7 @@ async def test_decisions_and_changes_are_chained_checkpointed_and_survive_a_rest
         assert not verify_lines(lines, attestation=lambda entry: "key mismatch").ok
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_windows_and_the_nonce_guard_survive_a_restart_and_a_gap_waits_for_an_admin(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
         (account,) = await stack.rpc("clave_newAccount", {})
@@ -141,6 +143,7 @@ async def test_windows_and_the_nonce_guard_survive_a_restart_and_a_gap_waits_for
             ADMINS[1].address.lower()]
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_a_process_that_resumes_the_log_first_after_a_restart_gets_a_gap_not_fresh_windows(
         tmp_path: Path) -> None:
     from clave.sidecar.signing.enclave_client import EnclaveClient
@@ -287,6 +290,7 @@ def test_verify_a_log_of_100000_decisions_and_time_it(tmp_path: Path) -> None:
     assert verify_lines(_tampered(lines, "swap", 54_321)).first_bad == 54_322
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_rotation_keeps_one_chain_and_a_restart_reads_across_segments(tmp_path: Path, capsys: Any) -> None:
     import argparse
 
@@ -327,6 +331,7 @@ async def test_rotation_keeps_one_chain_and_a_restart_reads_across_segments(tmp_
         assert (out["file"], out["ok"]) == (str(middle), False)
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_a_damaged_log_tail_is_set_aside_and_the_policy_waits_for_an_admin(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
         (account,) = await stack.rpc("clave_newAccount", {})

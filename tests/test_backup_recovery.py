@@ -95,6 +95,7 @@ async def signs(stack: Stack, address: str) -> bool:
     return bool(Account.recover_message(encode_defunct(b"after recovery"), signature=signature).lower() == address.lower())
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_backup_on_one_datadir_recovers_on_a_fresh_one_from_custodians_1_and_3(tmp_path: Path) -> None:
     imported_keys = [keccak(b"clave backup imported %d" % i) for i in range(2)]
     async with running_stack(tmp_path / "old", admins=ADMINS) as old:

@@ -146,6 +146,7 @@ async def test_two_of_three_policy_limits_destination_value_and_window(tmp_path:
         assert "request denied by custody policy: rule=hot-payments reason=window" in stack.log_file.read_text()
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_nonce_guard_allows_only_a_fee_bump_and_freeze_stops_everything(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
         (account,) = await stack.rpc("clave_newAccount", {})
@@ -186,6 +187,7 @@ async def test_nonce_guard_allows_only_a_fee_bump_and_freeze_stops_everything(tm
         assert (await _denied(stack, "account_signTransaction", _tx(account, 7, 1)))["rule"] == "frozen"
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_an_edited_stored_policy_is_refused_and_stops_signing(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
         (account,) = await stack.rpc("clave_newAccount", {})
@@ -217,6 +219,7 @@ async def test_without_admins_signing_is_open_and_the_log_says_so(tmp_path: Path
             await stack.rpc("clave_freeze", 1, ["0x" + "00" * 65])
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_a_rule_that_needs_approval_holds_the_request_until_admins_sign_it(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
         (account,) = await stack.rpc("clave_newAccount", {})
@@ -277,6 +280,7 @@ async def test_a_rule_that_needs_approval_holds_the_request_until_admins_sign_it
                                               "timed_out"]
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_k_admins_change_the_admin_set_and_the_new_set_takes_over(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=_admin_addresses(), admin_threshold=2) as stack:
         (account,) = await stack.rpc("clave_newAccount", {})

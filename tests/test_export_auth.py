@@ -60,6 +60,7 @@ async def _attested_admins(stack: Stack) -> bytes | None:
     return decode_admins(verified.user_data)
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_a_direct_enclave_client_cannot_export_without_an_admin_proof(tmp_path: Path) -> None:
     async with running_stack(tmp_path, admins=ADMINS) as stack:
         address, key = await _import_exportable(stack, b"clave test_export_auth direct")
@@ -130,6 +131,7 @@ async def test_without_an_admin_set_export_is_refused_with_the_remedy(tmp_path: 
             await direct.close()
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_clave_admin_init_then_an_enclave_restart_seals_it_and_the_cli_exports(tmp_path: Path) -> None:
     async with running_stack(tmp_path) as stack:
         address, key = await _import_exportable(stack, b"clave test_export_auth admin init")

@@ -267,6 +267,7 @@ async def test_attestation_carries_the_nonce_and_the_enclaves_boot_key(stack: St
                            pcr_policy=PcrPolicy(allow_debug=True), expected_nonce=os.urandom(16))
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_import_sign_export_and_refusals(stack: Stack) -> None:
     key = keccak(b"clave test_methods imported key")
     address = Account.from_key(key).address.lower()
@@ -334,6 +335,7 @@ async def test_a_refused_duplicate_import_changes_nothing(stack: Stack) -> None:
 # --- go-opera / sonic validator keys ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 async def test_validator_key_new_and_restore(stack: Stack) -> None:
     public_key = await _enclave_key(stack)
     made = await stack.rpc("clave_validatorNew", "0x" + seal_to(public_key, {"password": "validator pw 1"}).hex())

@@ -94,6 +94,7 @@ def check_opera_keyfile(path: Path, password: str) -> bytes:
 # -- the enclave side, without a running enclave ----------------------------------------------------
 
 
+@pytest.mark.slow  # seconds in process: the fast tier stays under a minute
 def test_keyfile_round_trip_and_wrong_password() -> None:
     secret = bytes.fromhex("4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318")
     text = validator.opera_keyfile(secret, "pässword")
