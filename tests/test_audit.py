@@ -5,7 +5,6 @@ names the first bad line after one byte is changed, an entry removed, or two ent
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -204,15 +203,6 @@ async def test_a_process_that_resumes_the_log_first_after_a_restart_gets_a_gap_n
                         [_sign(ADMINS[0], "AuditAck", status, status["sequence"] + 1)])
         assert await _denied(stack, "account_signTransaction", _tx(account, 1, ETHER)) == {
             "rule": "hot", "reason": "window"}
-
-
-async def _restart_enclave_wait(stack: Stack) -> None:
-    for _ in range(200):
-        await asyncio.sleep(0.05)
-        hello = await stack.signer.client.call("hello")
-        if stack.signer.ready and stack.signer.boot_public == hello["public_key"]:
-            return
-    raise AssertionError(f"not brought up again: {stack.signer.status.last_error}")
 
 
 def _tampered(lines: list[bytes], how: str, at: int) -> list[bytes]:

@@ -121,3 +121,19 @@ def connect(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise SystemExit(f"clave: {exc}") from None
 
 
+
+
+def parse_admins(text: str) -> list[bytes]:
+    """`--admin 0xADDR[,0xADDR…]` as 20-byte addresses; SystemExit naming a bad or repeated one."""
+    admins = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        try:
+            value = bytes.fromhex(item.removeprefix("0x").removeprefix("0X"))
+        except ValueError:
+            value = b""
+        if len(value) != 20:
+            raise SystemExit(f"clave: --admin {item}: expected a 0x-prefixed 20-byte address")
+        admins.append(value)
+    if len(set(admins)) != len(admins):
+        raise SystemExit("clave: --admin: an address is given twice")
+    return admins

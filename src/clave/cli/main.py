@@ -21,6 +21,7 @@ from clave.cli.client import (
     add_common_options,
     attested_public_key,
     connect,
+    parse_admins,
     pinned_commitment,
     read_password,
     store_meta,
@@ -72,22 +73,6 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
                         help="a new datadir's admin set: the keys whose signature authorizes a keyfile export")
     parser.add_argument("--admin-threshold", dest="admin_threshold", type=int, default=1, metavar="K",
                         help="admin signatures a custody-policy change or an unfreeze needs (default 1)")
-
-
-def parse_admins(text: str) -> list[bytes]:
-    admins = []
-    for item in _split(text):
-        raw = item.removeprefix("0x").removeprefix("0X")
-        try:
-            value = bytes.fromhex(raw)
-        except ValueError:
-            value = b""
-        if len(value) != 20:
-            raise SystemExit(f"clave: --admin {item}: expected a 0x-prefixed 20-byte address")
-        admins.append(value)
-    if len(set(admins)) != len(admins):
-        raise SystemExit("clave: --admin: an address is given twice")
-    return admins
 
 
 def check_threshold(threshold: int, admins: list[bytes]) -> int:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clave.cli.client import add_common_options, connect, read_password
+from clave.cli.client import add_common_options, connect, parse_admins, read_password
 from clave.core.policy import authority
 from clave.core.policy.schema import PolicyError, canonical_json, parse_policy
 
@@ -236,17 +236,7 @@ def _offline_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _new_admins(args: argparse.Namespace) -> tuple[list[str], int, bytes]:
-    admins: list[bytes] = []
-    for item in (p.strip() for p in args.admin.split(",") if p.strip()):
-        try:
-            value = bytes.fromhex(item.removeprefix("0x").removeprefix("0X"))
-        except ValueError:
-            value = b""
-        if len(value) != 20:
-            raise SystemExit(f"clave: --admin {item}: expected a 0x-prefixed 20-byte address")
-        admins.append(value)
-    if len(set(admins)) != len(admins):
-        raise SystemExit("clave: --admin: an address is given twice")
+    admins = parse_admins(args.admin)
     if not admins or not 1 <= args.admin_threshold <= len(admins):
         raise SystemExit("clave: admin change: pass --admin 0xADDR[,0xADDR] and --admin-threshold 1..N")
     return ["0x" + a.hex() for a in admins], args.admin_threshold, authority.admin_set_id(admins, args.admin_threshold)
