@@ -69,7 +69,8 @@ class Approvals:
             log.warning("request %s held for approval by rule %s (%d approver(s), %d s): %s", request_id, needed.rule,
                         needed.approvers, needed.timeout, summary)
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), max(0.0, pending.deadline - self.clock()))
+            async with asyncio.timeout(max(0.0, pending.deadline - self.clock())):  # not wait_for (3.11 loses cancels)
+                return await asyncio.shield(pending.future)
         except TimeoutError:
             if self._pending.pop(request_id, None) is not None:
                 await self._closed(pending, "timed_out")

@@ -134,7 +134,8 @@ async def run_sidecar(
                 pool = WorkerPool(replace(config, http_port=sidecar.http_port), sidecar.signer, config.http_workers - 1)
                 pool.start()
         try:
-            await asyncio.wait_for(sidecar.signer.attempted.wait(), READY_TIMEOUT)
+            async with asyncio.timeout(READY_TIMEOUT):
+                await sidecar.signer.attempted.wait()
         except TimeoutError:
             pass
         if not sidecar.signer.ready:

@@ -126,7 +126,8 @@ class Sidecar:
             await asyncio.gather(self._audit_task, return_exceptions=True)
         if self.audit is not None and self.signer.ready:
             try:  # the last decisions, before the enclave goes too
-                await asyncio.wait_for(self.audit.drain_once(), 5)
+                async with asyncio.timeout(5):
+                    await self.audit.drain_once()
             except (ClaveError, TimeoutError) as exc:
                 log.warning("audit log: last drain failed: %s", getattr(exc, "message", "timed out"))
         await self.signer.stop()

@@ -141,7 +141,8 @@ class Downstream:
         self._pending[message["id"]] = future
         try:
             await ws.send_str(json.dumps(message))
-            return await asyncio.wait_for(future, TIMEOUT.total)
+            async with asyncio.timeout(TIMEOUT.total):  # not wait_for: it can lose a cancellation on 3.11
+                return await future
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise DownstreamUnavailable(f"downstream node unreachable: {type(exc).__name__}") from None
         finally:

@@ -89,7 +89,11 @@ class EnclaveClient:
             if self._writer is not None and not self._writer.is_closing():
                 return self._writer
             try:
-                reader, writer = await asyncio.wait_for(open_connection(self.address), self._connect_timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when the connection
+                # completes as its caller is cancelled, and the cancellation is lost (the enclave watch then
+                # kept looping after Signer.stop, and `clave up` on a taken port never exited).
+                async with asyncio.timeout(self._connect_timeout):
+                    reader, writer = await open_connection(self.address)
             except (TimeoutError, OSError) as exc:
                 raise EnclaveUnavailable(f"cannot connect to {self.address}: {type(exc).__name__}") from None
             self._writer = writer
