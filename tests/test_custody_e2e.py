@@ -60,19 +60,30 @@ def _cli(clave: ClaveProcess, *args: str) -> str:
     return result.stdout
 
 
-def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvil) -> None:
+def _clave_with_admins(tmp_path: Path, cast: str, count: int) -> tuple[list[tuple[str, Path]], Path, ClaveProcess]:
+    """`count` admin keys made by `cast wallet new`, the file with their password, and a clave (not started)
+    whose new datadir needs 2 admin signatures for a custody change."""
     secrets_search.KNOWN_SECRETS.add(PASSWORD)
-    keys = tmp_path / "keys"
-    admins = [_cast_wallet(cast, keys) for _ in range(3)]
-    stranger = _cast_wallet(cast, tmp_path / "stranger")
+    admins = [_cast_wallet(cast, tmp_path / "keys") for _ in range(count)]
     password_file = tmp_path / "admin.pw"
     password_file.write_text(PASSWORD + "\n")
     clave = ClaveProcess(tmp_path / "clave", chain_ids="31337",
                          extra=["--admin", ",".join(a for a, _ in admins), "--admin-threshold", "2"])
+    return admins, password_file, clave
+
+
+def _funded_account(clave: ClaveProcess, anvil: Anvil) -> str:
+    account = re.findall(r"0x[0-9a-fA-F]{40}", _cli(clave, "account", "new"))[-1]
+    anvil.fund(account, 100 * ETHER)
+    return account
+
+
+def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvil) -> None:
+    admins, password_file, clave = _clave_with_admins(tmp_path, cast, 3)
+    stranger = _cast_wallet(cast, tmp_path / "stranger")
     clave.start()
     try:
-        account = re.findall(r"0x[0-9a-fA-F]{40}", _cli(clave, "account", "new"))[-1]
-        anvil.fund(account, 100 * ETHER)
+        account = _funded_account(clave, anvil)
         policy = {"version": 1, "rules": [
             {"name": "hot-payments", "accounts": [account], "to": [DESTINATION], "value_max": "1 ether",
              "window": {"value_max": "3 ether", "seconds": 3600}}]}
@@ -190,17 +201,10 @@ def test_a_two_of_three_policy_end_to_end(tmp_path: Path, cast: str, anvil: Anvi
 def test_approvals_and_the_nonce_guard_across_a_restart_end_to_end(tmp_path: Path, cast: str, anvil: Anvil) -> None:
     import threading
 
-    secrets_search.KNOWN_SECRETS.add(PASSWORD)
-    keys = tmp_path / "keys"
-    admins = [_cast_wallet(cast, keys) for _ in range(2)]
-    password_file = tmp_path / "admin.pw"
-    password_file.write_text(PASSWORD + "\n")
-    clave = ClaveProcess(tmp_path / "clave", chain_ids="31337",
-                         extra=["--admin", ",".join(a for a, _ in admins), "--admin-threshold", "2"])
+    admins, password_file, clave = _clave_with_admins(tmp_path, cast, 2)
     clave.start()
     try:
-        account = re.findall(r"0x[0-9a-fA-F]{40}", _cli(clave, "account", "new"))[-1]
-        anvil.fund(account, 100 * ETHER)
+        account = _funded_account(clave, anvil)
         policy_file = tmp_path / "warm.yaml"
         policy_file.write_text(
             "version: 1\nrules:\n  - name: warm\n    accounts: '*'\n    to: ['" + DESTINATION + "']\n"

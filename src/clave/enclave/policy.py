@@ -170,21 +170,19 @@ class Custody:
         return {"record": self._seal(), "signers": signers, **self.status({})}
 
     def freeze(self, params: dict[str, Any]) -> dict[str, Any]:
-        admins, _, set_id = self._set_id()
-        sequence = self._sequence(params)
-        digest = authority.digest("Freeze", set_id, sequence)
-        signers = authority.require_admins(digest, params.get("signatures"), admins, 1, "freeze")
-        self.frozen, self.sequence = True, sequence
-        self._changed("freeze", signers)
-        return {"record": self._seal(), "signers": signers, **self.status({})}
+        return self._set_frozen(params, True)  # any one admin
 
     def unfreeze(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._set_frozen(params, False)  # K admins
+
+    def _set_frozen(self, params: dict[str, Any], frozen: bool) -> dict[str, Any]:
         admins, threshold, set_id = self._set_id()
+        kind = "freeze" if frozen else "unfreeze"
         sequence = self._sequence(params)
-        digest = authority.digest("Unfreeze", set_id, sequence)
-        signers = authority.require_admins(digest, params.get("signatures"), admins, threshold, "unfreeze")
-        self.frozen, self.sequence = False, sequence
-        self._changed("unfreeze", signers)
+        digest = authority.digest(kind.capitalize(), set_id, sequence)
+        signers = authority.require_admins(digest, params.get("signatures"), admins, 1 if frozen else threshold, kind)
+        self.frozen, self.sequence = frozen, sequence
+        self._changed(kind, signers)
         return {"record": self._seal(), "signers": signers, **self.status({})}
 
     def _hash_hex(self) -> str | None:
